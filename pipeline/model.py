@@ -1,0 +1,109 @@
+"""Classifier heads, freezing by blocks, compiling and fitting.
+
+The transfer recipe follows the Keras transfer-learning guide: the backbone is called with
+`training=False` so BatchNormalization keeps its moving statistics (inference mode) even when its
+blocks are unfrozen, and the model is recompiled after every change of `trainable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from pipeline.backbones import block_map
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one `fit` produced, in plain Python values."""
+
+    history: dict[str, list[float]]
+    best_epoch: int  # 0-based epoch whose weights were restored
+    epochs: int  # epochs actually run
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return float(self.history["val_accuracy"][self.best_epoch])
+
+
+def build_head(feature_dim: int, num_classes: int, dropout: float) -> keras.Model:
+    """A new classifier on top of a backbone's feature vector."""
+    features = keras.Input(shape=(feature_dim,), name="features")
+    x = keras.layers.Dropout(dropout, name="head_dropout")(features) if dropout else features
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head_classifier")(x)
+    return keras.Model(features, outputs, name="head")
+
+
+def stack(backbone: keras.Model, head: keras.Model, *, inference_backbone: bool) -> keras.Model:
+    """Backbone then head; `inference_backbone` pins BatchNorm to its moving statistics."""
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
+    features = backbone(inputs, training=False) if inference_backbone else backbone(inputs)
+    return keras.Model(inputs, head(features), name=f"{backbone.name}_classifier")
+
+
+def unfreeze_top(
+    backbone: keras.Model, unfreeze_blocks: int | None, unfreeze_layers: int | None = None
+) -> list[str]:
+    """Make the top blocks (or raw layers) trainable, all else frozen; BatchNorm stays frozen.
+
+    Returns the names of the unfrozen blocks (or layers, when counting raw layers).
+    """
+    backbone.trainable = True
+    blocks = block_map(backbone)
+    if unfreeze_layers is not None:
+        chosen = [layer for layer in backbone.layers if layer.weights][-unfreeze_layers:]
+        names = [layer.name for layer in chosen]
+    else:
+        top = blocks if unfreeze_blocks is None else blocks[len(blocks) - unfreeze_blocks :]
+        chosen = [layer for block in top for layer in block]
+        names = [block[0].name.split("_", 1)[0] for block in top]
+    chosen_ids = {id(layer) for layer in chosen}
+    for layer in backbone.layers:
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = id(layer) in chosen_ids and not is_bn
+    return names
+
+
+def freeze(backbone: keras.Model) -> None:
+    """Freeze every weight of the backbone."""
+    backbone.trainable = False
+
+
+def compile_classifier(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def trainable_param_count(model: keras.Model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def fit(
+    model: keras.Model,
+    train,
+    val,
+    *,
+    epochs: int,
+    patience: int,
+    monitor: str,
+    callbacks: list[keras.callbacks.Callback],
+    verbose: int,
+) -> FitResult:
+    """Fit with early stopping on the validation split; the best epoch's weights are restored."""
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=patience, restore_best_weights=True
+    )
+    history = model.fit(
+        train,
+        validation_data=val,
+        epochs=epochs,
+        callbacks=[stopper, *callbacks],
+        verbose=verbose,
+    )
+    values = {name: [float(v) for v in series] for name, series in history.history.items()}
+    return FitResult(history=values, best_epoch=stopper.best_epoch, epochs=len(history.epoch))

@@ -1,0 +1,117 @@
+"""Source-task pretraining of in-house backbones, once per distinct recipe.
+
+A recipe is the backbone config, the input shape and the seed; its hash names the result. Where the
+weights are kept (an MLflow run, or a local folder when tracking is off) is the store's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Protocol
+
+import keras
+
+from pipeline.backbones import build_backbone
+from pipeline.config import BackboneConfig
+from pipeline.data import batches, load_source_task
+from pipeline.model import build_head, compile_classifier, fit, stack
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "backbone.weights.h5"
+
+
+@dataclass(frozen=True)
+class PretrainedBackbone:
+    """A backbone with its pretrained weights loaded, and where those came from."""
+
+    model: keras.Model
+    recipe_hash: str
+    reference: str  # MLflow run id of the pretraining run, or the local weights path
+    reused: bool
+
+
+class WeightsStore(Protocol):
+    """Where pretrained backbone weights are found again by recipe hash."""
+
+    def find(self, recipe_hash: str) -> tuple[Path, str] | None:
+        """The local weights file and its reference, or None when never pretrained."""
+
+    def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
+        """Keep the weights; return their reference (a run id or a path)."""
+
+
+class LocalWeightsStore:
+    """A folder of `<recipe hash>.weights.h5` files: the store when MLflow tracking is off."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def find(self, recipe_hash: str) -> tuple[Path, str] | None:
+        path = self.folder / f"{recipe_hash}.weights.h5"
+        return (path, str(path)) if path.exists() else None
+
+    def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{recipe['hash']}.weights.h5"
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(weights_file.read_bytes())
+        os.replace(partial, target)  # atomic: an interrupted write never looks complete
+        return str(target)
+
+
+def recipe_of(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> dict:
+    """Everything that determines the pretrained weights, with its hash."""
+    plain = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+    recipe = {"backbone": plain, "input_shape": list(input_shape), "seed": seed}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return {**recipe, "hash": digest}
+
+
+def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, verbose: int):
+    """Train backbone + head on the source task; return the backbone and its source metrics."""
+    source = load_source_task(cfg.source, seed)
+    keras.utils.set_random_seed(seed)
+    backbone = build_backbone(cfg, input_shape)
+    head = build_head(backbone.output_shape[-1], source.num_classes, cfg.head_dropout)
+    model = stack(backbone, head, inference_backbone=False)
+    compile_classifier(model, cfg.source.learning_rate)
+    log.info("pretraining %s on %s (%d examples)", cfg.name, source.name, len(source.train))
+    result = fit(
+        model,
+        batches(source.train, cfg.source.batch_size, shuffle_seed=seed),
+        batches(source.val, 256),
+        epochs=cfg.source.epochs,
+        patience=cfg.source.epochs,
+        monitor="val_accuracy",
+        callbacks=[],
+        verbose=verbose,
+    )
+    return backbone, {"source_val_accuracy": result.best_val_accuracy}
+
+
+def pretrained_backbone(
+    cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, store: WeightsStore, verbose: int
+) -> PretrainedBackbone:
+    """The backbone pretrained on its source task: reused from `store`, or trained and stored."""
+    recipe = recipe_of(cfg, input_shape, seed)
+    backbone = build_backbone(cfg, input_shape)
+    found = store.find(recipe["hash"])
+    if found is not None:
+        path, reference = found
+        backbone.load_weights(path)
+        log.info("reusing pretrained %s (recipe %s) from %s", cfg.name, recipe["hash"], reference)
+        return PretrainedBackbone(backbone, recipe["hash"], reference, reused=True)
+    trained, metrics = pretrain(cfg, input_shape, seed, verbose)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights_file = Path(tmp) / WEIGHTS_FILE
+        trained.save_weights(weights_file)
+        reference = store.save(recipe, weights_file, metrics)
+        backbone.load_weights(weights_file)
+    return PretrainedBackbone(backbone, recipe["hash"], reference, reused=False)

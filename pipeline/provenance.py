@@ -1,0 +1,53 @@
+"""What a run needs to be traced and re-run: git commit, config hash, the command, the sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from pipeline import PROJECT_ROOT
+
+UNTRACKED_KEYS = ("tracking",)  # where results go does not change what they are
+
+
+def git_commit() -> str:
+    """HEAD of the project's checkout, suffixed `-dirty` when it has uncommitted changes."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", str(PROJECT_ROOT), *args],
+                capture_output=True, text=True, check=True, timeout=10,
+            ).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def config_hash(resolved: dict) -> str:
+    """A short hash of everything that decides the numbers (the resolved config minus tracking)."""
+    meaningful = {k: v for k, v in resolved.items() if k not in UNTRACKED_KEYS}
+    return hashlib.sha256(json.dumps(meaningful, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def hydra_tags() -> dict[str, str]:
+    """The command that reproduces this job, its output folder and, in a sweep, the sweep's id."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    overrides = list(hydra.overrides.task)
+    tags = {
+        "command": shlex.join(["python", "-m", "pipeline", *overrides]),
+        "output_dir": str(hydra.runtime.output_dir),
+    }
+    if hydra.mode == RunMode.MULTIRUN:
+        tags["sweep_id"] = str(hydra.sweep.dir)
+        tags["sweep_job"] = str(hydra.job.num)
+    return tags

@@ -1,0 +1,165 @@
+"""The three stages of an experiment: scratch, feature extraction, fine-tuning.
+
+Stages share the task's splits and the seed, so their numbers are comparable; the test split is
+touched only by each stage's final evaluation. Stages return plain results and never talk to MLflow:
+tracking comes in as Keras callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from pipeline.backbones import build_backbone
+from pipeline.config import Config
+from pipeline.data import Split, TaskData, batches
+from pipeline.model import (
+    FitResult,
+    build_head,
+    compile_classifier,
+    fit,
+    freeze,
+    stack,
+    trainable_param_count,
+    unfreeze_top,
+)
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class StageResult:
+    """One stage's trained model and its numbers."""
+
+    stage: str
+    model: keras.Model
+    fit: FitResult
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    params: dict[str, object] = field(default_factory=dict)
+    head: keras.Model | None = None
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return self.fit.best_val_accuracy
+
+
+@dataclass
+class StageContext:
+    """What every stage needs: the config, the task, and callbacks for each stage's fit."""
+
+    cfg: Config
+    task: TaskData
+    callbacks: Callable[[str], list[keras.callbacks.Callback]] = lambda stage: []
+    verbose: int = 2
+
+    def train_batches(self, split: Split | None = None):
+        split = self.task.train if split is None else split
+        return batches(split, self.cfg.dataset.batch_size, shuffle_seed=self.cfg.seed)
+
+    def fit(self, model: keras.Model, stage: str, train, val) -> FitResult:
+        return fit(
+            model,
+            train,
+            val,
+            epochs=getattr(self.cfg.train.epochs, stage),
+            patience=self.cfg.train.patience,
+            monitor=self.cfg.train.monitor,
+            callbacks=self.callbacks(stage),
+            verbose=self.verbose,
+        )
+
+
+def evaluate(model: keras.Model, split) -> tuple[float, float]:
+    """(loss, accuracy) of a compiled model on a batched split."""
+    loss, accuracy = model.evaluate(split, verbose=0)
+    return float(loss), float(accuracy)
+
+
+def scratch(ctx: StageContext) -> StageResult:
+    """The same architecture from random initialisation, every weight trained on the target task."""
+    start = time.perf_counter()
+    keras.utils.set_random_seed(ctx.cfg.seed)
+    backbone = build_backbone(ctx.cfg.backbone, ctx.task.input_shape)
+    head = build_head(backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout)
+    model = stack(backbone, head, inference_backbone=False)
+    compile_classifier(model, ctx.cfg.lr.scratch)
+    val = batches(ctx.task.val, EVAL_BATCH)
+    result = ctx.fit(model, "scratch", ctx.train_batches(), val)
+    test_loss, test_accuracy = evaluate(model, batches(ctx.task.test, EVAL_BATCH))
+    params = {"trainable_params": trainable_param_count(model), "learning_rate": ctx.cfg.lr.scratch}
+    seconds = time.perf_counter() - start
+    return StageResult("scratch", model, result, test_loss, test_accuracy, seconds, params, head)
+
+
+def features_of(backbone: keras.Model, split: Split) -> Split:
+    """The frozen backbone's output for every example, computed once (inference mode)."""
+    features = backbone.predict(batches(split, EVAL_BATCH), verbose=0)
+    return Split(np.asarray(features, dtype="float32"), split.y)
+
+
+def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
+    """Pretrained backbone frozen, a new head trained on top of it.
+
+    A frozen backbone without augmentation computes the same features every epoch, so by default
+    they are computed once and only the head is trained on them: same result, a fraction of the cost.
+    """
+    start = time.perf_counter()
+    keras.utils.set_random_seed(ctx.cfg.seed)
+    freeze(backbone)
+    head = build_head(backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout)
+    model = stack(backbone, head, inference_backbone=True)
+    lr = ctx.cfg.lr.feature_extraction
+    if ctx.cfg.train.fast_feature_extraction:
+        train, val, test = (features_of(backbone, s) for s in (ctx.task.train, ctx.task.val, ctx.task.test))
+        compile_classifier(head, lr)
+        result = ctx.fit(head, "feature_extraction", ctx.train_batches(train), batches(val, EVAL_BATCH))
+        test_loss, test_accuracy = evaluate(head, batches(test, EVAL_BATCH))
+    else:
+        compile_classifier(model, lr)
+        val = batches(ctx.task.val, EVAL_BATCH)
+        result = ctx.fit(model, "feature_extraction", ctx.train_batches(), val)
+        test_loss, test_accuracy = evaluate(model, batches(ctx.task.test, EVAL_BATCH))
+    compile_classifier(model, lr)
+    params = {"trainable_params": trainable_param_count(model), "learning_rate": lr}
+    seconds = time.perf_counter() - start
+    return StageResult(
+        "feature_extraction", model, result, test_loss, test_accuracy, seconds, params, head
+    )
+
+
+def fine_tune(
+    ctx: StageContext,
+    extracted: StageResult,
+    unfreeze_blocks: int | None = None,
+    learning_rate: float | None = None,
+) -> StageResult:
+    """Continue from the feature-extraction model with the top blocks unfrozen, at a lower rate."""
+    start = time.perf_counter()
+    keras.utils.set_random_seed(ctx.cfg.seed)
+    model = extracted.model
+    backbone = model.layers[1]
+    freeze_cfg = ctx.cfg.freeze
+    blocks = freeze_cfg.unfreeze_blocks if unfreeze_blocks is None else unfreeze_blocks
+    unfrozen = unfreeze_top(backbone, blocks, freeze_cfg.unfreeze_layers)
+    lr = ctx.cfg.lr.fine_tune if learning_rate is None else learning_rate
+    compile_classifier(model, lr)  # a change of `trainable` takes effect only after compiling
+    val = batches(ctx.task.val, EVAL_BATCH)
+    result = ctx.fit(model, "fine_tune", ctx.train_batches(), val)
+    test_loss, test_accuracy = evaluate(model, batches(ctx.task.test, EVAL_BATCH))
+    params = {
+        "trainable_params": trainable_param_count(model),
+        "learning_rate": lr,
+        "unfreeze_blocks": "all" if blocks is None else blocks,
+        "unfrozen": ",".join(unfrozen),
+    }
+    seconds = time.perf_counter() - start
+    return StageResult("fine_tune", model, result, test_loss, test_accuracy, seconds, params)

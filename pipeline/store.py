@@ -1,0 +1,101 @@
+"""Where the MLflow store is, and getting it ready before anything is logged.
+
+Default: SQLite at <project root>/mlruns/mlflow.db, artifacts under <project root>/mlruns/artifacts,
+whatever directory Hydra runs a job in (MLflow >= 3.7 would otherwise use the current directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hydra.experimental.callback import Callback
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from pipeline import PROJECT_ROOT
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SERVER_TIMEOUT_S = 5
+
+
+def default_uri() -> str:
+    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def resolve_uri(uri: str | None) -> str:
+    """tracking.uri, else MLFLOW_TRACKING_URI, else the project's SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, or None for other stores."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Artifacts beside a SQLite database (<db folder>/artifacts); a server decides for itself."""
+    db = sqlite_path(uri)
+    return (db.resolve().parent / "artifacts").as_uri() if db is not None else None
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, in one line, when a tracking server does not answer (instead of long retries)."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if scheme not in ("http", "https"):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
+    except requests.RequestException as error:
+        raise ConfigError(
+            f"tracking.uri={uri} is unreachable ({type(error).__name__}); start the server "
+            "(mlflow server --host 127.0.0.1 --port 5000) or use tracking=sqlite"
+        ) from None
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment `name`, created (artifacts pinned beside the store) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+        except MlflowException:  # created meanwhile by a parallel job
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"tracking.experiment_name={name!r} is a deleted MLflow experiment; restore it "
+            "(mlflow experiments restore) or choose another name"
+        )
+    return experiment.experiment_id
+
+
+def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
+    """Create the store's tables and experiments once, so parallel jobs do not race on them."""
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    for name in experiment_names:
+        ensure_experiment(client, name, uri)
+    return client
+
+
+class PrepareStoreBeforeSweep(Callback):
+    """Hydra callback: a fresh SQLite store is created once before a parallel sweep starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        tracking = config.tracking
+        if tracking.enabled:
+            uri = resolve_uri(tracking.uri)
+            prepare_store(uri, [tracking.experiment_name, tracking.backbone_experiment])
+            log.info("MLflow store ready at %s", uri)

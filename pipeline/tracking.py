@@ -1,0 +1,209 @@
+"""Everything MLflow: the store, the run tree, per-epoch metrics, artifacts, pretrained weights.
+
+Run tree per invocation: a parent run (tags dataset, backbone, seed, git_commit, config_hash) with a
+child run per stage (tag `stage`). Runs end FINISHED, FAILED (with an `error` tag) or KILLED, never
+RUNNING. Training code never imports mlflow: it gets `callbacks(stage)` from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import keras
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline import PROJECT_ROOT
+from pipeline.config import TrackingConfig
+from pipeline.pretrain import WEIGHTS_FILE, LocalWeightsStore
+from pipeline.store import prepare_store, resolve_uri
+
+log = logging.getLogger(__name__)
+
+ERROR_TAG_LIMIT = 5000
+
+
+class MetricsCallback(keras.callbacks.Callback):
+    """Logs every epoch's metrics to the active MLflow run (step = epoch), never per batch."""
+
+    def __init__(self, synchronous: bool):
+        super().__init__()
+        self.synchronous = synchronous
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {name: float(value) for name, value in (logs or {}).items()}
+        if metrics:
+            mlflow.log_metrics(metrics, step=epoch, synchronous=self.synchronous)
+
+
+@contextmanager
+def tracked_run(**start_kwargs) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, KILLED on Ctrl-C/SIGTERM, or FAILED with an `error` tag."""
+    run = mlflow.start_run(**start_kwargs)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+class MlflowWeightsStore:
+    """Pretrained backbones as runs of a shared experiment, found again by `recipe_hash` tag."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str):
+        self.client = client
+        self.experiment_id = experiment_id
+
+    def find(self, recipe_hash: str) -> tuple[Path, str] | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.recipe_hash = '{recipe_hash}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            return None
+        run_id = runs[0].info.run_id
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_FILE)
+        return Path(local), run_id
+
+    def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
+        backbone = recipe["backbone"]
+        tags = {"stage": "pretrain", "recipe_hash": recipe["hash"], "backbone": backbone["name"]}
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"pretrain-{backbone['name']}-{recipe['hash']}", tags=tags
+        )
+        run_id = run.info.run_id
+        try:
+            flat = flatten({"backbone": backbone, "seed": recipe["seed"]})
+            flat["input_shape"] = str(recipe["input_shape"])
+            for key, value in flat.items():
+                self.client.log_param(run_id, key, value)
+            for key, value in metrics.items():
+                self.client.log_metric(run_id, key, value)
+            self.client.log_artifact(run_id, str(weights_file))
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their string form (MLflow params are text)."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value) if isinstance(value, list | tuple) else value
+    return flat
+
+
+class Tracker:
+    """The run tree of one invocation in an MLflow store."""
+
+    enabled = True
+
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+        self.uri = resolve_uri(cfg.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = prepare_store(self.uri, [cfg.experiment_name, cfg.backbone_experiment])
+        self.experiment_id = self.client.get_experiment_by_name(cfg.experiment_name).experiment_id
+        backbones = self.client.get_experiment_by_name(cfg.backbone_experiment)
+        self.backbone_experiment_id = backbones.experiment_id
+
+    def weights_store(self) -> MlflowWeightsStore:
+        return MlflowWeightsStore(self.client, self.backbone_experiment_id)
+
+    def experiment_run(self, name: str, tags: dict[str, str]):
+        return tracked_run(experiment_id=self.experiment_id, run_name=name, tags=tags)
+
+    def stage_run(self, stage: str):
+        return tracked_run(
+            experiment_id=self.experiment_id, run_name=stage, nested=True, tags={"stage": stage}
+        )
+
+    def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
+        return [MetricsCallback(synchronous=not self.cfg.async_logging)]
+
+    def log_config(self, resolved: dict, config_yaml: str) -> None:
+        mlflow.log_params(flatten(resolved))
+        mlflow.log_text(config_yaml, "config.yaml")
+
+    def log_params(self, params: dict[str, object]) -> None:
+        mlflow.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_figure(self, figure, name: str) -> None:
+        mlflow.log_figure(figure, name)
+
+    def run_id(self) -> str:
+        return mlflow.active_run().info.run_id
+
+    def ui_command(self) -> str:
+        if urlparse(self.uri).scheme == "sqlite":
+            return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
+        return f"open {self.uri} in a browser"
+
+
+class NullTracker:
+    """Tracking off: the same interface, nothing logged; pretrained weights kept in a local folder."""
+
+    enabled = False
+
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+
+    def weights_store(self) -> LocalWeightsStore:
+        return LocalWeightsStore(PROJECT_ROOT / "mlruns" / "untracked-backbones")
+
+    @contextmanager
+    def experiment_run(self, name: str, tags: dict[str, str]):
+        yield None
+
+    @contextmanager
+    def stage_run(self, stage: str):
+        yield None
+
+    def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
+        return []
+
+    def log_config(self, resolved: dict, config_yaml: str) -> None: ...
+
+    def log_params(self, params: dict[str, object]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float]) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def log_figure(self, figure, name: str) -> None: ...
+
+    def run_id(self) -> str:
+        return "-"
+
+    def ui_command(self) -> str:
+        return "tracking was off (tracking=off): nothing was logged"
+
+
+def make_tracker(cfg: TrackingConfig) -> Tracker | NullTracker:
+    return Tracker(cfg) if cfg.enabled else NullTracker(cfg)
+

@@ -1,0 +1,116 @@
+"""Checks of a composed config that its schema cannot express, run before anything is trained.
+
+Every message names the offending key and value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pipeline.backbones import IN_HOUSE, block_count
+from pipeline.config import STAGES, Config
+from pipeline.data import EMBEDDED_LOADERS
+from pipeline.errors import ConfigError
+
+DATASET_SOURCES = ("embedded",)
+MONITORS = ("val_accuracy", "val_loss")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def check_stages(stages: list[str]) -> None:
+    require(len(stages) > 0, f"stages={stages} is empty; allowed: a list from {list(STAGES)}")
+    for stage in stages:
+        require(stage in STAGES, f"stages contains {stage!r}; allowed: {list(STAGES)}")
+    require(len(set(stages)) == len(stages), f"stages={stages} names a stage twice")
+    require(
+        stages == sorted(stages, key=STAGES.index),
+        f"stages={stages} is out of order; they run as {list(STAGES)}",
+    )
+    require(
+        "fine_tune" not in stages or "feature_extraction" in stages,
+        f"stages={stages}: fine_tune continues from feature_extraction, which must run too",
+    )
+
+
+def check_training(cfg: Config) -> None:
+    for stage in cfg.stages:
+        rate = getattr(cfg.lr, stage)
+        require(rate > 0, f"lr.{stage}={rate} must be > 0")
+        epochs = getattr(cfg.train.epochs, stage)
+        require(epochs >= 1, f"train.epochs.{stage}={epochs} must be >= 1")
+    require(cfg.train.patience >= 0, f"train.patience={cfg.train.patience} must be >= 0")
+    require(
+        cfg.train.monitor in MONITORS,
+        f"train.monitor={cfg.train.monitor!r}; allowed: {list(MONITORS)}",
+    )
+
+
+def check_dataset(cfg: Config) -> None:
+    data = cfg.dataset
+    require(
+        data.source in DATASET_SOURCES,
+        f"dataset.source={data.source!r}; allowed: {list(DATASET_SOURCES)}",
+    )
+    require(
+        data.loader in EMBEDDED_LOADERS,
+        f"dataset.loader={data.loader!r}; allowed: {sorted(EMBEDDED_LOADERS)}",
+    )
+    for key in ("val_size", "test_size", "batch_size", "image_size", "channels"):
+        value = getattr(data, key)
+        require(value >= 1, f"dataset.{key}={value} must be >= 1")
+    per_class = data.train_per_class
+    require(
+        per_class is None or per_class >= 1,
+        f"dataset.train_per_class={per_class} must be >= 1 (or null for all)",
+    )
+
+
+def check_backbone(cfg: Config) -> None:
+    backbone = cfg.backbone
+    require(backbone.name in IN_HOUSE, f"backbone.name={backbone.name!r}; allowed: {list(IN_HOUSE)}")
+    require(
+        backbone.weights in ("source", None),
+        f"backbone.weights={backbone.weights!r}; allowed for {backbone.name}: 'source' or null",
+    )
+    require(len(backbone.widths) >= 1, f"backbone.widths={backbone.widths} needs one width a block")
+    require(
+        0 <= backbone.head_dropout < 1,
+        f"backbone.head_dropout={backbone.head_dropout} must be in [0, 1)",
+    )
+    source = backbone.source
+    require(
+        source.dataset in EMBEDDED_LOADERS,
+        f"backbone.source.dataset={source.dataset!r}; allowed: {sorted(EMBEDDED_LOADERS)}",
+    )
+    require(source.epochs >= 1, f"backbone.source.epochs={source.epochs} must be >= 1")
+    require(
+        source.learning_rate > 0,
+        f"backbone.source.learning_rate={source.learning_rate} must be > 0",
+    )
+    require(
+        0 < source.val_fraction < 1,
+        f"backbone.source.val_fraction={source.val_fraction} must be in (0, 1)",
+    )
+
+
+def check_freeze(cfg: Config) -> None:
+    blocks = block_count(cfg.backbone)
+    depth = cfg.freeze.unfreeze_blocks
+    require(
+        depth is None or 0 <= depth <= blocks,
+        f"freeze.unfreeze_blocks={depth} but {cfg.backbone.name} has {blocks} blocks "
+        f"(allowed: 0..{blocks}, or null for all)",
+    )
+    layers = cfg.freeze.unfreeze_layers
+    require(layers is None or layers >= 1, f"freeze.unfreeze_layers={layers} must be >= 1")
+
+
+def check_config(cfg: Config) -> None:
+    """Raise ConfigError on the first impossible value; pass silently otherwise."""
+    check_stages(cfg.stages)
+    check_training(cfg)
+    check_dataset(cfg)
+    check_backbone(cfg)
+    check_freeze(cfg)

@@ -1,4 +1,4 @@
-"""Transfer Lab: scratch vs. feature extraction vs. fine-tuning, composed by Hydra, tracked in MLflow."""
+"""Transfer Lab: scratch vs. feature extraction vs. fine-tuning, via Hydra, tracked in MLflow."""
 
 import os
 from pathlib import Path

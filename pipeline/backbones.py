@@ -24,7 +24,9 @@ def build_small_cnn(cfg: BackboneConfig, input_shape: tuple[int, ...]) -> keras.
         x = keras.layers.Conv2D(
             filters, 3, padding="same", use_bias=False, name=f"block{index}_conv"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"block{index}_bn")(x)
+        # momentum 0.9 (not 0.99): low-data tasks take few steps, and the moving statistics must
+        # converge within them or inference-mode accuracy collapses.
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{index}_bn")(x)
         x = keras.layers.Activation("relu", name=f"block{index}_relu")(x)
         if index < len(cfg.widths):
             x = keras.layers.MaxPooling2D(name=f"block{index}_pool")(x)

@@ -8,6 +8,7 @@ import of TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
@@ -53,27 +54,29 @@ class BackboneConfig:
 @dataclass
 class FreezeConfig:
     unfreeze_blocks: int | None = 1  # top K blocks trained while fine-tuning; None: every block
-    unfreeze_layers: int | None = None  # alternative: the top N raw layers (the `layers[:-N]` recipes)
+    unfreeze_layers: int | None = (
+        None  # alternative: the top N raw layers (the `layers[:-N]` recipes)
+    )
 
 
 @dataclass
 class LrConfig:
     scratch: float = 1e-3
-    feature_extraction: float = 1e-3
+    feature_extraction: float = 1e-2
     fine_tune: float = 1e-4
 
 
 @dataclass
 class StageEpochsConfig:
-    scratch: int = 60
-    feature_extraction: int = 60
-    fine_tune: int = 30
+    scratch: int = 100
+    feature_extraction: int = 200
+    fine_tune: int = 50
 
 
 @dataclass
 class TrainConfig:
     epochs: StageEpochsConfig = field(default_factory=StageEpochsConfig)
-    patience: int = 10  # early stopping on the validation split, best weights restored
+    patience: int = 20  # early stopping on the validation split, best weights restored
     monitor: str = "val_accuracy"
     fast_feature_extraction: bool = True  # frozen backbone, no augmentation: features computed once
 
@@ -81,7 +84,9 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db
+    uri: str | None = (
+        None  # None: MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db
+    )
     experiment_name: str = "transfer-lab"
     backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
     async_logging: bool = True

@@ -99,9 +99,7 @@ def per_class_sample(labels: np.ndarray, per_class: int, rng: np.random.Generato
     return np.sort(np.concatenate(picked))
 
 
-def split_task(
-    images: np.ndarray, labels: np.ndarray, cfg: DatasetConfig, seed: int
-) -> TaskData:
+def split_task(images: np.ndarray, labels: np.ndarray, cfg: DatasetConfig, seed: int) -> TaskData:
     """Fixed validation and test splits (split_seed), then a seed-drawn low-data training set."""
     if cfg.val_size + cfg.test_size >= len(labels):
         raise ConfigError(
@@ -113,7 +111,9 @@ def split_task(
     val_idx = order[cfg.test_size : cfg.test_size + cfg.val_size]
     pool_idx = order[cfg.test_size + cfg.val_size :]
     if cfg.train_per_class is not None:
-        chosen = per_class_sample(labels[pool_idx], cfg.train_per_class, np.random.default_rng(seed))
+        chosen = per_class_sample(
+            labels[pool_idx], cfg.train_per_class, np.random.default_rng(seed)
+        )
         pool_idx = pool_idx[chosen]
     return TaskData(
         name=cfg.name,
@@ -144,7 +144,7 @@ def load_source_task(cfg: SourceTaskConfig, seed: int) -> TaskData:
     order = np.random.default_rng(seed).permutation(len(labels))
     if cfg.max_examples is not None:
         order = order[: cfg.max_examples]
-    n_val = max(1, int(round(len(order) * cfg.val_fraction)))
+    n_val = max(1, round(len(order) * cfg.val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
     empty = Split(images[:0], labels[:0])
     return TaskData(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import keras
 import tensorflow as tf
@@ -21,13 +22,17 @@ from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import config_hash, git_commit, hydra_tags
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
-from pipeline.tracking import Tracker, NullTracker, make_tracker
+from pipeline.tracking import NullTracker, Tracker, make_tracker
 from pipeline.validation import check_config
 
 log = logging.getLogger(__name__)
 
 
-def configure_determinism(cfg: Config) -> None:
+def configure_runtime(cfg: Config) -> None:
+    """Seeds, optional op determinism, and quiet TensorFlow so progress stays readable."""
+    # Keras warns that fit's default shuffle=True is ignored for tf.data: ours shuffle themselves.
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    tf.get_logger().setLevel("ERROR")  # retracing notices from predicting on several splits
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -45,14 +50,14 @@ def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
     return {**tags, **hydra_tags()}
 
 
-def backbone_for_transfer(cfg: Config, input_shape, tracker, verbose: int) -> keras.Model:
+def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool) -> keras.Model:
     """The pretrained backbone (reused from the store when its recipe ran before)."""
     if cfg.backbone.weights is None:
         keras.utils.set_random_seed(cfg.seed)
         tracker.set_tags({"backbone_weights": "random"})
         return build_backbone(cfg.backbone, input_shape)
     store = tracker.weights_store()
-    pretrained = pretrained_backbone(cfg.backbone, input_shape, cfg.seed, store, verbose)
+    pretrained = pretrained_backbone(cfg.backbone, input_shape, cfg.seed, store, progress_bar)
     tracker.set_tags(
         {
             "backbone_run_id": pretrained.reference,
@@ -105,15 +110,15 @@ def run_experiment(cfg: DictConfig) -> float:
     config: Config = OmegaConf.to_object(cfg)
     check_config(config)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    configure_determinism(config)
+    configure_runtime(config)
     task = load_task(config.dataset, config.seed)
     tracker = make_tracker(config.tracking)
-    verbose = 1 if sys.stdout.isatty() else 2
+    progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
     with tracker.experiment_run(name, parent_tags(config, resolved)):
         tracker.log_config(resolved, OmegaConf.to_yaml(cfg, resolve=True))
-        backbone = backbone_for_transfer(config, task.input_shape, tracker, verbose)
-        ctx = StageContext(config, task, tracker.callbacks, verbose)
+        backbone = backbone_for_transfer(config, task.input_shape, tracker, progress_bar)
+        ctx = StageContext(config, task, tracker.callbacks, progress_bar)
         rows = run_stages(ctx, backbone, tracker)
         tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r, _ in rows})
         parent_id = tracker.run_id()

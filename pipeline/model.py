@@ -7,12 +7,15 @@ blocks are unfrozen, and the model is recompiled after every change of `trainabl
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from pipeline.backbones import block_map
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,19 @@ def trainable_param_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
+class EpochLine(keras.callbacks.Callback):
+    """One log line an epoch: the progress display where output is not a terminal."""
+
+    def __init__(self, label: str, epochs: int):
+        super().__init__()
+        self.label = label
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+        log.info("%s epoch %d/%d %s", self.label, epoch + 1, self.epochs, values)
+
+
 def fit(
     model: keras.Model,
     train,
@@ -92,18 +108,23 @@ def fit(
     patience: int,
     monitor: str,
     callbacks: list[keras.callbacks.Callback],
-    verbose: int,
+    progress_bar: bool,
+    label: str,
 ) -> FitResult:
-    """Fit with early stopping on the validation split; the best epoch's weights are restored."""
+    """Fit with early stopping on the validation split; the best epoch's weights are restored.
+
+    Progress: Keras' bar on a terminal, else one log line an epoch.
+    """
     stopper = keras.callbacks.EarlyStopping(
         monitor=monitor, patience=patience, restore_best_weights=True
     )
+    progress = [] if progress_bar else [EpochLine(label, epochs)]
     history = model.fit(
         train,
         validation_data=val,
         epochs=epochs,
-        callbacks=[stopper, *callbacks],
-        verbose=verbose,
+        callbacks=[stopper, *progress, *callbacks],
+        verbose=1 if progress_bar else 0,
     )
     values = {name: [float(v) for v in series] for name, series in history.history.items()}
     return FitResult(history=values, best_epoch=stopper.best_epoch, epochs=len(history.epoch))

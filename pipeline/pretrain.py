@@ -74,7 +74,7 @@ def recipe_of(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> d
     return {**recipe, "hash": digest}
 
 
-def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, verbose: int):
+def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, progress_bar: bool):
     """Train backbone + head on the source task; return the backbone and its source metrics."""
     source = load_source_task(cfg.source, seed)
     keras.utils.set_random_seed(seed)
@@ -91,13 +91,18 @@ def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, verbo
         patience=cfg.source.epochs,
         monitor="val_accuracy",
         callbacks=[],
-        verbose=verbose,
+        progress_bar=progress_bar,
+        label=f"pretrain {cfg.name}",
     )
     return backbone, {"source_val_accuracy": result.best_val_accuracy}
 
 
 def pretrained_backbone(
-    cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, store: WeightsStore, verbose: int
+    cfg: BackboneConfig,
+    input_shape: tuple[int, ...],
+    seed: int,
+    store: WeightsStore,
+    progress_bar: bool,
 ) -> PretrainedBackbone:
     """The backbone pretrained on its source task: reused from `store`, or trained and stored."""
     recipe = recipe_of(cfg, input_shape, seed)
@@ -108,7 +113,7 @@ def pretrained_backbone(
         backbone.load_weights(path)
         log.info("reusing pretrained %s (recipe %s) from %s", cfg.name, recipe["hash"], reference)
         return PretrainedBackbone(backbone, recipe["hash"], reference, reused=True)
-    trained, metrics = pretrain(cfg, input_shape, seed, verbose)
+    trained, metrics = pretrain(cfg, input_shape, seed, progress_bar)
     with tempfile.TemporaryDirectory() as tmp:
         weights_file = Path(tmp) / WEIGHTS_FILE
         trained.save_weights(weights_file)

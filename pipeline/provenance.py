@@ -18,10 +18,14 @@ UNTRACKED_KEYS = ("tracking",)  # where results go does not change what they are
 def git_commit() -> str:
     """HEAD of the project's checkout, suffixed `-dirty` when it has uncommitted changes."""
     try:
+
         def git(*args: str) -> str:
             return subprocess.run(
                 ["git", "-C", str(PROJECT_ROOT), *args],
-                capture_output=True, text=True, check=True, timeout=10,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
             ).stdout.strip()
 
         commit = git("rev-parse", "HEAD")

@@ -59,7 +59,7 @@ class StageContext:
     cfg: Config
     task: TaskData
     callbacks: Callable[[str], list[keras.callbacks.Callback]] = lambda stage: []
-    verbose: int = 2
+    progress_bar: bool = False
 
     def train_batches(self, split: Split | None = None):
         split = self.task.train if split is None else split
@@ -74,7 +74,8 @@ class StageContext:
             patience=self.cfg.train.patience,
             monitor=self.cfg.train.monitor,
             callbacks=self.callbacks(stage),
-            verbose=self.verbose,
+            progress_bar=self.progress_bar,
+            label=stage,
         )
 
 
@@ -89,7 +90,9 @@ def scratch(ctx: StageContext) -> StageResult:
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
     backbone = build_backbone(ctx.cfg.backbone, ctx.task.input_shape)
-    head = build_head(backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout)
+    head = build_head(
+        backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout
+    )
     model = stack(backbone, head, inference_backbone=False)
     compile_classifier(model, ctx.cfg.lr.scratch)
     val = batches(ctx.task.val, EVAL_BATCH)
@@ -110,18 +113,24 @@ def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
     """Pretrained backbone frozen, a new head trained on top of it.
 
     A frozen backbone without augmentation computes the same features every epoch, so by default
-    they are computed once and only the head is trained on them: same result, a fraction of the cost.
+    they are computed once and only the head is trained on them: same result, far cheaper.
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
     freeze(backbone)
-    head = build_head(backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout)
+    head = build_head(
+        backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout
+    )
     model = stack(backbone, head, inference_backbone=True)
     lr = ctx.cfg.lr.feature_extraction
     if ctx.cfg.train.fast_feature_extraction:
-        train, val, test = (features_of(backbone, s) for s in (ctx.task.train, ctx.task.val, ctx.task.test))
+        train, val, test = (
+            features_of(backbone, s) for s in (ctx.task.train, ctx.task.val, ctx.task.test)
+        )
         compile_classifier(head, lr)
-        result = ctx.fit(head, "feature_extraction", ctx.train_batches(train), batches(val, EVAL_BATCH))
+        result = ctx.fit(
+            head, "feature_extraction", ctx.train_batches(train), batches(val, EVAL_BATCH)
+        )
         test_loss, test_accuracy = evaluate(head, batches(test, EVAL_BATCH))
     else:
         compile_classifier(model, lr)

@@ -166,7 +166,7 @@ class Tracker:
 
 
 class NullTracker:
-    """Tracking off: the same interface, nothing logged; pretrained weights kept in a local folder."""
+    """Tracking off: same interface, nothing logged; pretrained weights kept in a local folder."""
 
     enabled = False
 
@@ -206,4 +206,3 @@ class NullTracker:
 
 def make_tracker(cfg: TrackingConfig) -> Tracker | NullTracker:
     return Tracker(cfg) if cfg.enabled else NullTracker(cfg)
-

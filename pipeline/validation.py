@@ -69,7 +69,9 @@ def check_dataset(cfg: Config) -> None:
 
 def check_backbone(cfg: Config) -> None:
     backbone = cfg.backbone
-    require(backbone.name in IN_HOUSE, f"backbone.name={backbone.name!r}; allowed: {list(IN_HOUSE)}")
+    require(
+        backbone.name in IN_HOUSE, f"backbone.name={backbone.name!r}; allowed: {list(IN_HOUSE)}"
+    )
     require(
         backbone.weights in ("source", None),
         f"backbone.weights={backbone.weights!r}; allowed for {backbone.name}: 'source' or null",

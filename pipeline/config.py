@@ -90,6 +90,7 @@ class TrackingConfig:
     experiment_name: str = "transfer-lab"
     backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
     async_logging: bool = True
+    untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
 
 
 @dataclass

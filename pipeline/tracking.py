@@ -174,7 +174,8 @@ class NullTracker:
         self.cfg = cfg
 
     def weights_store(self) -> LocalWeightsStore:
-        return LocalWeightsStore(PROJECT_ROOT / "mlruns" / "untracked-backbones")
+        folder = self.cfg.untracked_cache or PROJECT_ROOT / "mlruns" / "untracked-backbones"
+        return LocalWeightsStore(Path(folder))
 
     @contextmanager
     def experiment_run(self, name: str, tags: dict[str, str]):

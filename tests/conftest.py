@@ -1,0 +1,60 @@
+"""Shared fixtures: the real `conf/`, composed with small overrides; an MLflow store in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from pipeline import PROJECT_ROOT
+from pipeline.config import register_configs
+
+CONF_DIR = PROJECT_ROOT / "conf"
+SHARED_DIR = PROJECT_ROOT.parent / "shared"
+
+register_configs()
+
+
+def compose_config(overrides: list[str]):
+    """The real config, composed as `python -m pipeline <overrides>` would."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def client(store_uri: str) -> MlflowClient:
+    return MlflowClient(store_uri)
+
+
+@pytest.fixture
+def smoke(store_uri: str) -> list[str]:
+    """Overrides for a seconds-long real experiment into the test's own store."""
+    return ["debug=smoke", f"tracking.uri={store_uri}"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m pipeline <args>` in a real process, outputs under `cwd`."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    command = [sys.executable, "-m", "pipeline", f"hydra.run.dir={cwd / 'out'}", *args]
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def runs_by_stage(client: MlflowClient, experiment: str = "transfer-lab") -> dict[str, list]:
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    grouped: dict[str, list] = {}
+    for run in client.search_runs([experiment_id]):
+        grouped.setdefault(run.data.tags.get("stage", "parent"), []).append(run)
+    return grouped

@@ -1,0 +1,79 @@
+"""`python -m pipeline` in real processes: the summary, reproducibility, one-line errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli, runs_by_stage
+
+
+def numbers_of(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
+    """Every metric of a run, every step, except wall time."""
+    run = client.get_run(run_id)
+    return {
+        name: [m.value for m in client.get_metric_history(run_id, name)]
+        for name in run.data.metrics
+        if name != "seconds"
+    }
+
+
+def test_same_command_twice_gives_identical_metrics(tmp_path, store_uri, client):
+    """Determinism across processes; the second run reuses the pretrained backbone."""
+    args = ["debug=smoke", f"tracking.uri={store_uri}", "seed=3", "train.epochs.scratch=4"]
+    for attempt in range(2):
+        done = run_cli(args, tmp_path / str(attempt))
+        assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_by_stage(client)
+    assert set(runs) == {"parent", "scratch", "feature_extraction", "fine_tune"}
+    for stage, (second, first) in runs.items():
+        assert numbers_of(client, first.info.run_id) == numbers_of(client, second.info.run_id)
+        assert first.data.params == second.data.params
+    reused = sorted(run.data.tags["backbone_reused"] for run in runs["parent"])
+    assert reused == ["false", "true"]
+
+
+def test_summary_table_and_mlflow_ui_command_are_printed(tmp_path, store_uri, client):
+    done = run_cli(["debug=smoke", f"tracking.uri={store_uri}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
+    for column in ("best val acc", "test acc", "epochs", "seconds", "run id"):
+        assert column in lines[header]
+    rows = lines[header + 2 : header + 5]
+    assert [row.split()[0] for row in rows] == ["scratch", "feature_extraction", "fine_tune"]
+    run_ids = {run.info.run_id for runs in runs_by_stage(client).values() for run in runs}
+    assert {row.split()[-1] for row in rows} <= run_ids
+    assert f"mlflow ui --backend-store-uri {store_uri} --host 127.0.0.1" in done.stdout
+    assert re.search(r"fine_tune epoch 1/1 .*val_accuracy=", done.stderr + done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["freeze.unfreeze_blocks=20"], "freeze.unfreeze_blocks=20 but small_cnn has 3 blocks"),
+        (["lr.fine_tune=-1"], "lr.fine_tune=-1.0 must be > 0"),
+        (["dataset.train_per_class=500"], "dataset.train_per_class=500 but class"),
+    ],
+)
+def test_impossible_values_exit_2_with_one_line_and_log_nothing(tmp_path, store_uri, args, message):
+    done = run_cli(["debug=smoke", f"tracking.uri={store_uri}", *args], tmp_path)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in done.stderr
+    assert MlflowClient(store_uri).get_experiment_by_name("transfer-lab") is None
+
+
+def test_unknown_key_fails_at_composition_naming_it(tmp_path):
+    done = run_cli(["dataset.trian_per_class=5"], tmp_path)
+    assert done.returncode == 1
+    assert "trian_per_class" in done.stderr
+
+
+def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):
+    done = run_cli(["debug=smoke", "tracking.uri=http://127.0.0.1:9"], tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert "tracking.uri=http://127.0.0.1:9 is unreachable" in done.stderr

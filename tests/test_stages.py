@@ -1,0 +1,102 @@
+"""The transfer recipe on real (tiny) training: what must move moves, what must not does not."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.backbones import block_map
+from pipeline.data import load_task
+from pipeline.pretrain import LocalWeightsStore, pretrained_backbone
+from pipeline.stages import StageContext, feature_extraction, fine_tune, scratch
+from tests.conftest import compose_config
+
+
+def make_context(tmp_path, *overrides: str) -> tuple[StageContext, keras.Model]:
+    cfg = compose_config(["debug=smoke", "tracking=off", *overrides])
+    config = OmegaConf.to_object(cfg)
+    task = load_task(config.dataset, config.seed)
+    store = LocalWeightsStore(tmp_path / "backbones")
+    backbone = pretrained_backbone(config.backbone, task.input_shape, config.seed, store, False)
+    return StageContext(config, task), backbone.model
+
+
+def snapshot(layers) -> dict[str, list[np.ndarray]]:
+    """Every weight (trainable or not: BatchNorm moving statistics too), copied, by variable path."""
+    return {w.path: np.array(w) for layer in layers for w in layer.weights}
+
+
+def moved(before: dict, after: dict) -> set[str]:
+    return {name for name in before if not np.array_equal(before[name], after[name])}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["cached-features", "full-forward"])
+def test_feature_extraction_leaves_every_backbone_weight_bit_identical(tmp_path, fast):
+    ctx, backbone = make_context(
+        tmp_path, f"train.fast_feature_extraction={fast}", "train.epochs.feature_extraction=3"
+    )
+    before = snapshot(backbone.layers)
+    result = feature_extraction(ctx, backbone)
+    assert moved(before, snapshot(backbone.layers)) == set()
+    head_kernel = result.head.get_layer("head_classifier").kernel
+    assert result.fit.epochs >= 1 and np.abs(np.array(head_kernel)).sum() > 0
+    assert 0.0 <= result.test_accuracy <= 1.0
+
+
+def test_cached_features_train_the_same_head_as_full_forward_passes(tmp_path):
+    results = {}
+    for fast in (True, False):
+        ctx, backbone = make_context(tmp_path, f"train.fast_feature_extraction={fast}")
+        results[fast] = feature_extraction(ctx, backbone)
+    assert results[True].fit.epochs == results[False].fit.epochs
+    np.testing.assert_allclose(
+        results[True].fit.history["loss"], results[False].fit.history["loss"], rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("unfreeze_blocks", [1, 2])
+def test_fine_tune_moves_only_the_unfrozen_blocks_and_the_head(tmp_path, unfreeze_blocks):
+    ctx, backbone = make_context(
+        tmp_path, f"freeze.unfreeze_blocks={unfreeze_blocks}", "lr.fine_tune=0.01"
+    )
+    extracted = feature_extraction(ctx, backbone)
+    blocks = block_map(backbone)
+    frozen_layers = [layer for block in blocks[:-unfreeze_blocks] for layer in block]
+    open_layers = [layer for block in blocks[-unfreeze_blocks:] for layer in block]
+    bn_layers = [layer for layer in backbone.layers if "bn" in layer.name]
+    frozen_before, open_before = snapshot(frozen_layers), snapshot(open_layers)
+    bn_before, head_before = snapshot(bn_layers), snapshot(extracted.head.layers)
+
+    result = fine_tune(ctx, extracted)
+
+    assert moved(frozen_before, snapshot(frozen_layers)) == set()
+    assert moved(bn_before, snapshot(bn_layers)) == set(), "BatchNorm must stay frozen"
+    open_moved = moved(open_before, snapshot(open_layers))
+    expected = {name for name in open_before if "_conv" in name}
+    assert open_moved == expected
+    assert moved(head_before, snapshot(extracted.head.layers)) == set(head_before)
+    assert result.params["unfreeze_blocks"] == unfreeze_blocks
+    assert result.params["unfrozen"] == ",".join(f"block{i}" for i in range(4 - unfreeze_blocks, 4))
+
+
+def test_fine_tune_counts_trainable_parameters_of_the_open_blocks_only(tmp_path):
+    ctx, backbone = make_context(tmp_path)
+    extracted = feature_extraction(ctx, backbone)
+    result = fine_tune(ctx, extracted)
+    conv3 = backbone.get_layer("block3_conv").kernel
+    head = extracted.head.get_layer("head_classifier")
+    expected = int(np.prod(conv3.shape) + np.prod(head.kernel.shape) + np.prod(head.bias.shape))
+    assert result.params["trainable_params"] == expected
+    assert extracted.params["trainable_params"] == expected - int(np.prod(conv3.shape))
+
+
+def test_scratch_trains_every_weight_from_random_init(tmp_path):
+    ctx, pretrained = make_context(tmp_path)
+    result = scratch(ctx)
+    backbone = result.model.layers[1]
+    assert backbone is not pretrained
+    trainable = {w.path for w in result.model.trainable_weights}
+    assert {w.path for w in backbone.trainable_weights} <= trainable
+    assert result.params["trainable_params"] > 0

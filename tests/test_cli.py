@@ -28,7 +28,7 @@ def test_same_command_twice_gives_identical_metrics(tmp_path, store_uri, client)
         assert done.returncode == 0, done.stderr[-3000:]
     runs = runs_by_stage(client)
     assert set(runs) == {"parent", "scratch", "feature_extraction", "fine_tune"}
-    for stage, (second, first) in runs.items():
+    for second, first in runs.values():
         assert numbers_of(client, first.info.run_id) == numbers_of(client, second.info.run_id)
         assert first.data.params == second.data.params
     reused = sorted(run.data.tags["backbone_reused"] for run in runs["parent"])

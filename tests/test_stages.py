@@ -24,7 +24,7 @@ def make_context(tmp_path, *overrides: str) -> tuple[StageContext, keras.Model]:
 
 
 def snapshot(layers) -> dict[str, list[np.ndarray]]:
-    """Every weight (trainable or not: BatchNorm moving statistics too), copied, by variable path."""
+    """Every weight (BatchNorm moving statistics too), copied, by variable path."""
     return {w.path: np.array(w) for layer in layers for w in layer.weights}
 
 

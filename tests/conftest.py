@@ -46,7 +46,9 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     """`python -m pipeline <args>` in a real process, outputs under `cwd`."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     env.pop("MLFLOW_TRACKING_URI")
-    command = [sys.executable, "-m", "pipeline", f"hydra.run.dir={cwd / 'out'}", *args]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's own flags (-m) precede overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    command = [sys.executable, "-m", "pipeline", *flags, f"hydra.run.dir={cwd / 'out'}", *overrides]
     return subprocess.run(
         command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )

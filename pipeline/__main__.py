@@ -1,14 +1,10 @@
 """`python -m pipeline [overrides]`: one experiment, or a sweep with `-m`."""
 
-import logging
-import os
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
-from pipeline.errors import ConfigError
+from pipeline.guard import run_guarded
 
 register_configs()
 
@@ -17,14 +13,7 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from pipeline.experiment import run_experiment  # TensorFlow loads only after composition
 
-    try:
-        return run_experiment(cfg)
-    except ConfigError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        logging.getLogger("pipeline").debug("config error", exc_info=True)
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return run_guarded(lambda: run_experiment(cfg))
 
 
 if __name__ == "__main__":

@@ -86,23 +86,42 @@ def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
         close(figure)
 
 
-def run_stages(ctx: StageContext, backbone: keras.Model, tracker) -> list[tuple[StageResult, str]]:
-    """Each configured stage in its own child run; fine-tuning continues feature extraction."""
+class StagesFailed(RuntimeError):
+    """One or more stages failed; the others ran. Fails the parent run."""
+
+
+def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) -> StageResult:
+    log.info("stage %s", stage)
+    if stage == "scratch":
+        return scratch(ctx)
+    if stage == "feature_extraction":
+        return feature_extraction(ctx, backbone)
+    return fine_tune(ctx, done["feature_extraction"])
+
+
+def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
+    """Each configured stage in its own child run; fine-tuning continues feature extraction.
+
+    A stage that fails ends its run FAILED and the stages that do not depend on it still run.
+    Returns the (result, run id) rows of the stages that finished and the errors of the others.
+    """
     done: dict[str, StageResult] = {}
-    rows = []
+    rows, failures = [], {}
     for stage in ctx.cfg.stages:
-        with tracker.stage_run(stage):
-            log.info("stage %s", stage)
-            if stage == "scratch":
-                result = scratch(ctx)
-            elif stage == "feature_extraction":
-                result = feature_extraction(ctx, backbone)
-            else:
-                result = fine_tune(ctx, done["feature_extraction"])
-            log_stage(tracker, result)
-            rows.append((result, tracker.run_id()))
+        if stage == "fine_tune" and "feature_extraction" not in done:
+            failures[stage] = "not run: feature_extraction failed"
+            continue
+        try:
+            with tracker.stage_run(stage):
+                result = run_stage(stage, ctx, backbone, done)
+                log_stage(tracker, result)
+                rows.append((result, tracker.run_id()))
+        except Exception as error:
+            failures[stage] = f"{type(error).__name__}: {error}".splitlines()[0]
+            log.error("stage %s failed: %s", stage, failures[stage])
+            continue
         done[stage] = result
-    return rows
+    return rows, failures
 
 
 def run_experiment(cfg: DictConfig) -> float:
@@ -119,8 +138,9 @@ def run_experiment(cfg: DictConfig) -> float:
         tracker.log_config(resolved, OmegaConf.to_yaml(cfg, resolve=True))
         backbone = backbone_for_transfer(config, task.input_shape, tracker, progress_bar)
         ctx = StageContext(config, task, tracker.callbacks, progress_bar)
-        rows = run_stages(ctx, backbone, tracker)
+        rows, failures = run_stages(ctx, backbone, tracker)
         tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r, _ in rows})
-        parent_id = tracker.run_id()
-    print(summary_table(rows, parent_id, tracker.ui_command()))
+        print(summary_table(rows, tracker.run_id(), tracker.ui_command()))
+        if failures:
+            raise StagesFailed("; ".join(f"{s}: {e}" for s, e in failures.items()))
     return rows[-1][0].best_val_accuracy

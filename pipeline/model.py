@@ -119,11 +119,13 @@ def fit(
         monitor=monitor, patience=patience, restore_best_weights=True
     )
     progress = [] if progress_bar else [EpochLine(label, epochs)]
+    # A NaN/Inf loss must fail the stage, not end it quietly as if it had converged.
+    nan_guard = keras.callbacks.TerminateOnNaN(raise_error=True)
     history = model.fit(
         train,
         validation_data=val,
         epochs=epochs,
-        callbacks=[stopper, *progress, *callbacks],
+        callbacks=[nan_guard, stopper, *progress, *callbacks],
         verbose=1 if progress_bar else 0,
     )
     values = {name: [float(v) for v in series] for name, series in history.history.items()}

@@ -8,6 +8,8 @@ RUNNING. Training code never imports mlflow: it gets `callbacks(stage)` from her
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +42,45 @@ class MetricsCallback(keras.callbacks.Callback):
             mlflow.log_metrics(metrics, step=epoch, synchronous=self.synchronous)
 
 
+def process_tags() -> dict[str, str]:
+    """Who is running this run: lets a later invocation tell an orphan from a live run."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def mark_orphans(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
+    """End FAILED the RUNNING runs whose process, on this host, is dead (kill -9, power loss)."""
+    host = socket.gethostname()
+    running = client.search_runs(
+        experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000
+    )
+    orphans = []
+    for run in running:
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        if not process_alive(int(tags["pid"])):
+            client.set_tag(run.info.run_id, "error", f"orphaned: process {tags['pid']} died")
+            client.set_terminated(run.info.run_id, "FAILED")
+            orphans.append(run.info.run_id)
+    if orphans:
+        log.warning("marked %d orphaned RUNNING run(s) FAILED: %s", len(orphans), orphans)
+    return orphans
+
+
 @contextmanager
 def tracked_run(**start_kwargs) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, KILLED on Ctrl-C/SIGTERM, or FAILED with an `error` tag."""
+    start_kwargs["tags"] = {**start_kwargs.get("tags", {}), **process_tags()}
     run = mlflow.start_run(**start_kwargs)
     try:
         yield run
@@ -125,6 +163,7 @@ class Tracker:
         self.experiment_id = self.client.get_experiment_by_name(cfg.experiment_name).experiment_id
         backbones = self.client.get_experiment_by_name(cfg.backbone_experiment)
         self.backbone_experiment_id = backbones.experiment_id
+        mark_orphans(self.client, [self.experiment_id])
 
     def weights_store(self) -> MlflowWeightsStore:
         return MlflowWeightsStore(self.client, self.backbone_experiment_id)

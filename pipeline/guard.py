@@ -1,0 +1,69 @@
+"""How a job ends, seen from the command line: one clear line and an exit code, never a hang.
+
+Config mistakes exit 2; Ctrl-C and SIGTERM exit 130 after the runs are marked KILLED; other errors
+exit 1 after the runs are marked FAILED. Inside a sweep a failed job returns NaN instead, so that
+the other jobs go on (Hydra's basic sweeper re-raises a job's exception and stops the sweep).
+Set HYDRA_FULL_ERROR=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXIT_ERROR, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def raise_keyboard_interrupt(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: runs end KILLED, not RUNNING."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def fail(message: str, code: int) -> float:
+    """Print one line; end the process, or in a sweep return NaN so the sweep goes on."""
+    print(f"error: {message}", file=sys.stderr)
+    if in_sweep() and code != EXIT_INTERRUPTED:
+        return math.nan
+    sys.exit(code)
+
+
+def run_guarded(job: Callable[[], float]) -> float:
+    """Run `job`, turning its failure into one line and an exit code."""
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        return job()
+    except ConfigError as error:
+        if full_errors():
+            raise
+        return fail(str(error), EXIT_CONFIG)
+    except KeyboardInterrupt as interrupt:
+        if full_errors():
+            raise
+        reason = str(interrupt) or "Ctrl-C"
+        return fail(f"interrupted ({reason}); runs marked KILLED", EXIT_INTERRUPTED)
+    except Exception as error:
+        if full_errors():
+            raise
+        log.debug("job failed", exc_info=True)
+        detail = f"{type(error).__name__}: {error}".splitlines()[0]
+        hint = "runs marked FAILED; HYDRA_FULL_ERROR=1 for the traceback"
+        return fail(f"{detail} ({hint})", EXIT_ERROR)

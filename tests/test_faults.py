@@ -1,0 +1,109 @@
+"""Interruption and failure in real processes: exit codes, one-line messages, truthful run statuses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import PROJECT_ROOT
+from tests.conftest import run_cli, runs_by_stage
+
+LONG_SCRATCH = ["train.epochs.scratch=100000", "train.patience=100000"]
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipeline", f"hydra.run.dir={cwd / 'out'}", *args]
+    return subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_running_stage(store_uri: str, stage: str, timeout: float = 120) -> None:
+    """Block until the store shows `stage` RUNNING (the process is mid-training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            runs = runs_by_stage(MlflowClient(store_uri)).get(stage, [])
+        except Exception:  # store not created yet
+            runs = []
+        if any(run.info.status == "RUNNING" for run in runs):
+            time.sleep(1.0)  # a few epochs in
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"stage {stage} never started")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_stage_ends_runs_killed_and_exits_promptly(tmp_path, store_uri, signum):
+    process = start_cli(["debug=smoke", f"tracking.uri={store_uri}", *LONG_SCRATCH], tmp_path)
+    wait_for_running_stage(store_uri, "scratch")
+    sent = time.monotonic()
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 30
+    assert process.returncode == 130
+    assert "error: interrupted" in stderr and "Traceback" not in stderr
+    runs = runs_by_stage(MlflowClient(store_uri))
+    assert runs["parent"][0].info.status == "KILLED"
+    assert runs["scratch"][0].info.status == "KILLED"
+    assert "feature_extraction" not in runs
+
+
+def test_orphans_of_a_killed_process_are_marked_failed_by_the_next_run(tmp_path, store_uri):
+    process = start_cli(["debug=smoke", f"tracking.uri={store_uri}", *LONG_SCRATCH], tmp_path)
+    wait_for_running_stage(store_uri, "scratch")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    client = MlflowClient(store_uri)
+    orphaned = [r.info.run_id for group in runs_by_stage(client).values() for r in group]
+    assert {client.get_run(i).info.status for i in orphaned} == {"RUNNING"}
+
+    done = run_cli(["debug=smoke", f"tracking.uri={store_uri}"], tmp_path / "next")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for run_id in orphaned:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["error"] == f"orphaned: process {process.pid} died"
+
+
+def test_nan_loss_fails_its_stage_and_independent_stages_go_on(tmp_path, store_uri):
+    args = ["debug=smoke", f"tracking.uri={store_uri}", "lr.scratch=1e12", "train.epochs.scratch=5"]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "scratch: RuntimeError: NaN or Inf loss" in errors[0]
+    runs = runs_by_stage(MlflowClient(store_uri))
+    (scratch,) = runs["scratch"]
+    assert scratch.info.status == "FAILED" and "NaN" in scratch.data.tags["error"]
+    assert runs["feature_extraction"][0].info.status == "FINISHED"
+    assert runs["fine_tune"][0].info.status == "FINISHED"
+    assert runs["parent"][0].info.status == "FAILED"
+    assert "feature_extraction" in done.stdout  # the summary shows what did finish
+
+
+def test_a_failing_sweep_job_does_not_stop_the_sweep(tmp_path, store_uri):
+    args = [
+        "-m",
+        "lr.scratch=1e12,0.001",
+        "stages=[scratch]",
+        "train.epochs.scratch=3",
+        "debug=smoke",
+        f"tracking.uri={store_uri}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    parents = runs_by_stage(MlflowClient(store_uri))["parent"]
+    statuses = {run.data.params["lr.scratch"]: run.info.status for run in parents}
+    assert statuses == {"1000000000000.0": "FAILED", "0.001": "FINISHED"}

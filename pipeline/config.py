@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 STAGES = ("scratch", "feature_extraction", "fine_tune")
+TUNERS = ("none", "random", "bayesian", "hyperband", "grid")
 
 
 @dataclass
@@ -117,6 +118,58 @@ class TrainConfig:
 
 
 @dataclass
+class UnfreezeBlocksSpace:
+    """The fine-tuning depths a search tries (hyperparameter `unfreeze_blocks`)."""
+
+    min: int = 0
+    max: int | None = None  # None: every block of the backbone
+
+
+@dataclass
+class LearningRateSpace:
+    """The fine-tuning learning rates a search tries (hyperparameter `learning_rate`)."""
+
+    min: float = 1e-5
+    max: float = 1e-2
+    sampling: str = "log"  # linear | log | reverse_log
+    step: float | None = None  # grid needs one; with log sampling it multiplies (10: 1e-5, 1e-4..)
+
+
+@dataclass
+class HyperbandConfig:
+    factor: int = 3  # successive halving keeps 1/factor of the trials each round
+    iterations: int = 1  # how many times the whole Hyperband algorithm runs
+
+
+@dataclass
+class BayesianConfig:
+    num_initial_points: int | None = None  # random trials before the Gaussian process (None: 3)
+    alpha: float = 1e-4  # noise level of the Gaussian process
+    beta: float = 2.6  # exploration weight of the upper confidence bound
+
+
+@dataclass
+class SearchConfig:
+    """Keras Tuner search of the fine-tuning stage, read by pipeline/search.py."""
+
+    tuner: str = "none"  # none | random | bayesian | hyperband | grid
+    objective: str = "val_accuracy"  # val_accuracy (maximised) | val_loss (minimised)
+    max_trials: int | None = 10  # None: the whole grid (grid), every bracket (hyperband)
+    epochs: int = 5  # fine-tuning epochs a trial gets (hyperband: the most a trial gets)
+    executions_per_trial: int = 1  # trainings averaged per trial (different seeds)
+    unfreeze_blocks: UnfreezeBlocksSpace = field(default_factory=UnfreezeBlocksSpace)
+    learning_rate: LearningRateSpace = field(default_factory=LearningRateSpace)
+    hyperband: HyperbandConfig = field(default_factory=HyperbandConfig)
+    bayesian: BayesianConfig = field(default_factory=BayesianConfig)
+    max_retries_per_trial: int = 0  # a trial that raises is retried this many times
+    max_consecutive_failed_trials: int = 3  # then the search stops with an error
+    cache_features: bool = True  # train only the unfrozen top on the frozen part's output
+    feature_cache_mb: int = 1024  # cached frozen-part outputs kept across trials (per depth)
+    directory: str | None = None  # tuner state; None: <the run's output dir>/search
+    worker_wait_s: int = 600  # distributed worker: how long to wait for the chief's search run
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = (
@@ -136,6 +189,7 @@ class Config:
     lr: LrConfig = MISSING
     tracking: TrackingConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0
     deterministic: bool = True  # tf op determinism: same command, same machine, same numbers
     stages: list[str] = field(default_factory=lambda: list(STAGES))

@@ -20,6 +20,8 @@ from pipeline.data import load_task
 from pipeline.plots import close, learning_curve
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import config_hash, git_commit, hydra_tags
+from pipeline.search import role
+from pipeline.search_stage import fine_tune_chosen, run_worker, search_stage, searching
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
 from pipeline.tracking import NullTracker, Tracker, make_tracker
@@ -96,6 +98,8 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
         return scratch(ctx)
     if stage == "feature_extraction":
         return feature_extraction(ctx, backbone)
+    if "search" in done:
+        return fine_tune_chosen(ctx, done["feature_extraction"], done["search"])
     return fine_tune(ctx, done["feature_extraction"])
 
 
@@ -111,6 +115,13 @@ def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
         if stage == "fine_tune" and "feature_extraction" not in done:
             failures[stage] = "not run: feature_extraction failed"
             continue
+        if stage == "fine_tune" and searching(ctx.cfg):
+            try:  # the search is its own run, a sibling of the stages
+                done["search"] = search_stage(ctx, done["feature_extraction"], tracker)
+            except Exception as error:
+                failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
+                failures[stage] = "not run: the search failed"
+                continue
         try:
             with tracker.stage_run(stage):
                 result = run_stage(stage, ctx, backbone, done)
@@ -131,6 +142,8 @@ def run_experiment(cfg: DictConfig) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     configure_runtime(config)
     task = load_task(config.dataset, config.seed)
+    if role() == "worker":  # a distributed search's worker runs trials, not an experiment
+        return run_worker(config, task, config_hash(resolved))
     tracker = make_tracker(config.tracking)
     progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"

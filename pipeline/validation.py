@@ -6,12 +6,13 @@ Every message names the offending key and value and what is allowed.
 from __future__ import annotations
 
 from pipeline.backbones import IN_HOUSE, block_count
-from pipeline.config import STAGES, Config
+from pipeline.config import STAGES, TUNERS, Config
 from pipeline.data import EMBEDDED_LOADERS
 from pipeline.errors import ConfigError
 
 DATASET_SOURCES = ("embedded",)
 MONITORS = ("val_accuracy", "val_loss")
+SAMPLINGS = ("linear", "log", "reverse_log")
 
 
 def require(condition: bool, message: str) -> None:
@@ -109,6 +110,64 @@ def check_freeze(cfg: Config) -> None:
     require(layers is None or layers >= 1, f"freeze.unfreeze_layers={layers} must be >= 1")
 
 
+def check_search_space(cfg: Config) -> None:
+    space, blocks = cfg.search.unfreeze_blocks, block_count(cfg.backbone)
+    top = blocks if space.max is None else space.max
+    require(
+        0 <= space.min <= top <= blocks,
+        f"search.unfreeze_blocks.min={space.min}, max={space.max} but {cfg.backbone.name} has "
+        f"{blocks} blocks (allowed: 0 <= min <= max <= {blocks}, max null for all)",
+    )
+    rate = cfg.search.learning_rate
+    require(
+        0 < rate.min <= rate.max,
+        f"search.learning_rate.min={rate.min}, max={rate.max}: need 0 < min <= max",
+    )
+    require(
+        rate.sampling in SAMPLINGS,
+        f"search.learning_rate.sampling={rate.sampling!r}; allowed: {list(SAMPLINGS)}",
+    )
+    require(
+        cfg.search.tuner != "grid" or rate.step is not None,
+        "search.learning_rate.step=null but search.tuner='grid' needs a step "
+        "(with log sampling a factor, e.g. 10)",
+    )
+
+
+def check_search(cfg: Config) -> None:
+    search = cfg.search
+    require(search.tuner in TUNERS, f"search.tuner={search.tuner!r}; allowed: {list(TUNERS)}")
+    if search.tuner == "none":
+        return
+    require(
+        {"feature_extraction", "fine_tune"} <= set(cfg.stages),
+        f"search.tuner={search.tuner!r} tunes fine_tune from feature_extraction, but "
+        f"stages={cfg.stages} lacks one of them",
+    )
+    require(
+        cfg.freeze.unfreeze_layers is None,
+        f"freeze.unfreeze_layers={cfg.freeze.unfreeze_layers} with search.tuner={search.tuner!r}:"
+        " the search chooses unfreeze_blocks; set freeze.unfreeze_layers=null",
+    )
+    require(
+        search.objective in MONITORS,
+        f"search.objective={search.objective!r}; allowed: {list(MONITORS)}",
+    )
+    require(
+        search.max_trials is not None or search.tuner in ("grid", "hyperband"),
+        f"search.max_trials=null with search.tuner={search.tuner!r}; allowed: a number >= 1 "
+        "(null only for grid and hyperband)",
+    )
+    for key in ("max_trials", "epochs", "executions_per_trial", "max_consecutive_failed_trials"):
+        value = getattr(search, key)
+        require(value is None or value >= 1, f"search.{key}={value} must be >= 1")
+    require(
+        search.hyperband.factor >= 2,
+        f"search.hyperband.factor={search.hyperband.factor} must be >= 2",
+    )
+    check_search_space(cfg)
+
+
 def check_config(cfg: Config) -> None:
     """Raise ConfigError on the first impossible value; pass silently otherwise."""
     check_stages(cfg.stages)
@@ -116,3 +175,4 @@ def check_config(cfg: Config) -> None:
     check_dataset(cfg)
     check_backbone(cfg)
     check_freeze(cfg)
+    check_search(cfg)

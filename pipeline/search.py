@@ -1,0 +1,447 @@
+"""Keras Tuner searches the fine-tuning stage: how many blocks to unfreeze, at what learning rate.
+
+Reads the `search` config group. Every trial starts from the feature-extraction checkpoint (backbone
+and trained head, saved once, never retrained per trial), applies its `unfreeze_blocks` and
+`learning_rate`, recompiles and fine-tunes on the training split; it is scored on the validation
+split only. Below a trial's freeze boundary everything is frozen, in inference mode and sees no
+augmentation, so its output is the same every epoch: it is computed once per depth and only the
+unfrozen top is trained on it.
+
+Roles as in keras-tuner: the HyperModel builds and fits, the Tuner drives, observers watch. Tracking
+comes in as a `TrialObserver`; this module never imports mlflow. Distributed mode is keras-tuner's
+own (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT): the chief runs the oracle,
+workers run trials.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import keras
+import keras_tuner
+from keras_tuner.engine.trial import TrialStatus
+
+from pipeline.backbones import block_map
+from pipeline.config import SearchConfig
+from pipeline.data import Split, batches
+from pipeline.errors import ConfigError, SearchError
+from pipeline.model import compile_classifier, unfreeze_top
+
+log = logging.getLogger(__name__)
+
+HYPERPARAMETERS = ("unfreeze_blocks", "learning_rate")  # = config keys = MLflow param names
+CHECKPOINT = "feature_extraction.weights.h5"
+EVAL_BATCH = 256
+ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+def role() -> str:
+    """`local`, or in keras-tuner's distributed mode `chief` (runs the oracle) or `worker`."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "local"
+    missing = [name for name in ENV if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"distributed search: KERASTUNER_ORACLE_IP is set but not {missing}")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def tuner_id() -> str:
+    return os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial, in plain values: what it tried and how it ended."""
+
+    trial_id: str
+    status: str  # keras-tuner's: COMPLETED | FAILED | INVALID | RUNNING
+    values: dict[str, object]
+    score: float | None
+    best_step: int | None
+    message: str | None  # the traceback of a failed trial
+
+    @property
+    def error(self) -> str | None:
+        """The last line of the traceback: `ExceptionType: message`."""
+        lines = [line for line in (self.message or "").splitlines() if line.strip()]
+        return lines[-1].strip() if lines else None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    best: TrialRecord | None  # None: no trial completed
+    trials: list[TrialRecord]
+    directory: Path
+
+
+class TrialObserver(Protocol):
+    """Watches trials (tracking lives behind it); all methods are called in the trial's process."""
+
+    def trial_started(self, trial_id: str, values: dict[str, object]) -> None: ...
+
+    def callbacks(self, trial_id: str, execution: int) -> list[keras.callbacks.Callback]: ...
+
+    def trial_ended(self, record: TrialRecord) -> None: ...
+
+    def interrupted(self, error: BaseException) -> None: ...
+
+
+class NullObserver:
+    def trial_started(self, trial_id: str, values: dict[str, object]) -> None: ...
+
+    def callbacks(self, trial_id: str, execution: int) -> list[keras.callbacks.Callback]:
+        return []
+
+    def trial_ended(self, record: TrialRecord) -> None: ...
+
+    def interrupted(self, error: BaseException) -> None: ...
+
+
+@dataclass
+class SearchSetup:
+    """What a search needs besides the data: the config and where the starting point lives."""
+
+    cfg: SearchConfig
+    directory: Path  # tuner state (keras-tuner's project) and the feature-extraction checkpoint
+    build_classifier: Callable[[], keras.Model]  # backbone + head architecture, any weights
+    block_count: int
+    batch_size: int
+    seed: int
+    cache_features: bool  # false when training images are augmented
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.directory / CHECKPOINT
+
+
+class FrozenFeatures:
+    """The frozen part's output below each freeze boundary, computed once per depth (LRU, capped).
+
+    Valid across trials because the frozen part keeps the checkpoint's weights and runs in
+    inference mode: its output never changes.
+    """
+
+    def __init__(self, enabled: bool, budget_mb: int):
+        self.enabled = enabled
+        self.budget = budget_mb * 2**20
+        self.cache: OrderedDict[int, tuple[Split, Split]] = OrderedDict()
+
+    def trainable_part(self, model: keras.Model, depth: int, train: Split, val: Split):
+        """(model to fit, its training split, its validation split) for an unfreeze depth."""
+        split = split_at_boundary(model, depth) if self.enabled else None
+        if split is None:
+            return model, train, val
+        bottom, top = split
+        return top, *self.features(depth, bottom, train, val)
+
+    def features(self, depth: int, bottom: keras.Model, train: Split, val: Split):
+        if depth in self.cache:
+            self.cache.move_to_end(depth)
+            return self.cache[depth]
+        pair = tuple(
+            Split(bottom.predict(batches(s, EVAL_BATCH), verbose=0), s.y) for s in (train, val)
+        )
+        size = sum(s.x.nbytes for s in pair)
+        if size <= self.budget:
+            self.cache[depth] = pair
+            while sum(s.x.nbytes for p in self.cache.values() for s in p) > self.budget:
+                self.cache.popitem(last=False)
+        return pair
+
+
+def split_at_boundary(model: keras.Model, depth: int) -> tuple[keras.Model, keras.Model] | None:
+    """(frozen bottom, trainable top + head) sharing the model's layers, or None when uncuttable.
+
+    The cut is the input of the lowest unfrozen layer; a residual connection that jumps over it
+    (or unfreezing every block) leaves nothing worth caching.
+    """
+    backbone, head = model.layers[1], model.get_layer("head")
+    blocks = block_map(backbone)
+    if depth >= len(blocks):
+        return None
+    if depth == 0:
+        cut = backbone.output
+    else:
+        top_ids = {id(layer) for block in blocks[len(blocks) - depth :] for layer in block}
+        first = next(layer for layer in backbone.layers if id(layer) in top_ids)
+        cut = first.input
+    if isinstance(cut, list | tuple):
+        return None
+    try:
+        upper = keras.Model(cut, backbone.output) if depth else None
+    except ValueError:
+        log.info("unfreeze_blocks=%d: no single tensor at the boundary, no caching", depth)
+        return None
+    inputs = keras.Input(shape=cut.shape[1:], name="frozen_features")
+    features = upper(inputs, training=False) if upper is not None else inputs
+    top = keras.Model(inputs, head(features), name="trainable_top")
+    return keras.Model(backbone.input, cut, name="frozen_bottom"), top
+
+
+class TransferHyperModel(keras_tuner.HyperModel):
+    """Builds the feature-extraction model with a trial's depth and rate; fits its unfrozen top."""
+
+    def __init__(self, setup: SearchSetup):
+        super().__init__(name="fine_tune")
+        self.setup = setup
+        self.features = FrozenFeatures(setup.cache_features, setup.cfg.feature_cache_mb)
+
+    def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
+        blocks, rate = self.setup.cfg.unfreeze_blocks, self.setup.cfg.learning_rate
+        top = self.setup.block_count if blocks.max is None else blocks.max
+        hp.Int("unfreeze_blocks", blocks.min, top)
+        hp.Float("learning_rate", rate.min, rate.max, step=rate.step, sampling=rate.sampling)
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        model = self.setup.build_classifier()
+        model.load_weights(self.setup.checkpoint)
+        unfreeze_top(model.layers[1], hp.get("unfreeze_blocks"))
+        compile_classifier(model, hp.get("learning_rate"))  # `trainable` changes need a compile
+        return model
+
+    def fit(self, hp, model, train: Split, val: Split, *, callbacks, epochs, initial_epoch=0):
+        part, train_part, val_part = self.features.trainable_part(
+            model, hp.get("unfreeze_blocks"), train, val
+        )
+        if part is not model:
+            compile_classifier(part, hp.get("learning_rate"))
+        return part.fit(
+            batches(train_part, self.setup.batch_size, shuffle_seed=self.setup.seed),
+            validation_data=batches(val_part, EVAL_BATCH),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=0,
+        )
+
+
+class FailOnNaN(keras.callbacks.Callback):
+    """A diverged trial fails (keras-tuner would score it NaN and retry it as INVALID)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(float(value)):
+                raise keras_tuner.errors.FailedTrialError(
+                    f"{name} is {float(value)} at epoch {epoch + 1}: the trial diverged"
+                )
+
+
+class BestWeights(keras.callbacks.Callback):
+    """The whole model's weights at the objective's best epoch, across executions, saved once."""
+
+    def __init__(self, objective: keras_tuner.Objective):
+        super().__init__()
+        self.objective = objective
+        self.best: float | None = None
+        self.weights: list | None = None
+        self.whole: keras.Model | None = None  # the trial's full model (shares the fitted layers)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.objective.name)
+        if value is None:
+            return
+        if self.best is None or self.objective.better_than(value, self.best):
+            self.best, self.weights = float(value), self.whole.get_weights()
+
+    def save(self, path: str) -> None:
+        if self.weights is not None:
+            self.whole.set_weights(self.weights)
+            self.whole.save_weights(path)
+
+
+def best_of(history: keras.callbacks.History, objective: keras_tuner.Objective) -> float:
+    values = history.history[objective.name]
+    return float(max(values) if objective.direction == "max" else min(values))
+
+
+def release_memory() -> None:
+    """Drop the previous trial's models and graphs, so memory stays flat over many trials."""
+    keras.backend.clear_session()
+    gc.collect()
+
+
+class TransferTuner(keras_tuner.Tuner):
+    """Runs trials from the checkpoint (Hyperband: from the parent trial's) and reports them."""
+
+    def __init__(self, oracle, hypermodel: TransferHyperModel, observer: TrialObserver, **kwargs):
+        super().__init__(oracle, hypermodel, **kwargs)
+        self.observer = observer
+        self.scores: dict[str, float] = {}
+
+    def _populate_initial_space(self) -> None:
+        # The space has no conditions: declare it instead of building a model to discover it.
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
+    def run_trial(self, trial, train: Split, val: Split):
+        hp = trial.hyperparameters
+        epochs = hp.values.get("tuner/epochs", self.hypermodel.setup.cfg.epochs)
+        keeper = BestWeights(self.oracle.objective)
+        histories = []
+        for execution in range(self.executions_per_trial):
+            release_memory()
+            keras.utils.set_random_seed(self.hypermodel.setup.seed + execution)
+            model = self.hypermodel.build(hp)
+            keeper.whole = model
+            callbacks = [keeper, *self.observer.callbacks(trial.trial_id, execution), FailOnNaN()]
+            initial = self.continue_parent(hp, model)
+            histories.append(
+                self.hypermodel.fit(
+                    hp, model, train, val, callbacks=callbacks, epochs=epochs, initial_epoch=initial
+                )
+            )
+        keeper.save(self._get_checkpoint_fname(trial.trial_id))
+        scores = [best_of(h, self.oracle.objective) for h in histories]
+        self.scores[trial.trial_id] = sum(scores) / len(scores)
+        return histories
+
+    def continue_parent(self, hp, model: keras.Model) -> int:
+        """Hyperband continues a trial from its parent's best weights; the initial epoch."""
+        parent = hp.values.get("tuner/trial_id")
+        if parent is None:
+            return 0
+        path = self._get_checkpoint_fname(parent)
+        if not os.path.exists(path):  # another worker's, on a disk we cannot see
+            log.warning("trial %s checkpoint not found: restarting from feature extraction", parent)
+            return 0
+        model.load_weights(path)
+        return hp.values.get("tuner/initial_epoch", 0)
+
+    def on_trial_begin(self, trial) -> None:
+        super().on_trial_begin(trial)
+        values = dict(trial.hyperparameters.values)
+        log.info("trial %s (%s) %s", trial.trial_id, self.tuner_id, values)
+        self.observer.trial_started(trial.trial_id, values)
+
+    def on_trial_end(self, trial) -> None:
+        try:
+            super().on_trial_end(trial)  # the oracle scores it; may stop after repeated failures
+        finally:
+            record = record_of(trial, self.scores.get(trial.trial_id))
+            log.info("trial %s %s %s", record.trial_id, record.status, record.error or record.score)
+            self.observer.trial_ended(record)
+
+
+def record_of(trial, score: float | None = None) -> TrialRecord:
+    completed = trial.status == TrialStatus.COMPLETED
+    score = trial.score if trial.score is not None else score
+    return TrialRecord(
+        trial_id=trial.trial_id,
+        status=trial.status,
+        values=dict(trial.hyperparameters.values),
+        score=float(score) if completed and score is not None else None,
+        best_step=trial.best_step if completed else None,
+        message=trial.message,
+    )
+
+
+def make_oracle(cfg: SearchConfig, seed: int) -> keras_tuner.Oracle:
+    direction = "min" if cfg.objective.endswith("loss") else "max"
+    common = {
+        "objective": keras_tuner.Objective(cfg.objective, direction),
+        "seed": seed + 1,  # keras-tuner takes seed 0 for "no seed"
+        "max_retries_per_trial": cfg.max_retries_per_trial,
+        "max_consecutive_failed_trials": cfg.max_consecutive_failed_trials,
+    }
+    oracles = keras_tuner.oracles
+    if cfg.tuner == "random":
+        return oracles.RandomSearchOracle(max_trials=cfg.max_trials, **common)
+    if cfg.tuner == "grid":
+        return oracles.GridSearchOracle(max_trials=cfg.max_trials, **common)
+    if cfg.tuner == "bayesian":
+        bayes = cfg.bayesian
+        return oracles.BayesianOptimizationOracle(
+            max_trials=cfg.max_trials,
+            num_initial_points=bayes.num_initial_points,
+            alpha=bayes.alpha,
+            beta=bayes.beta,
+            **common,
+        )
+    band = cfg.hyperband
+    oracle = oracles.HyperbandOracle(
+        max_epochs=cfg.epochs, factor=band.factor, hyperband_iterations=band.iterations, **common
+    )
+    oracle.max_trials = cfg.max_trials  # a cap on the whole budget; None: every bracket
+    return oracle
+
+
+def make_tuner(setup: SearchSetup, observer: TrialObserver) -> TransferTuner:
+    """A tuner whose state lives in `setup.directory`: reloaded there when it exists (resume)."""
+    tuner = TransferTuner(
+        make_oracle(setup.cfg, setup.seed),
+        TransferHyperModel(setup),
+        observer,
+        executions_per_trial=setup.cfg.executions_per_trial,
+        directory=str(setup.directory),
+        project_name="tuner",
+        overwrite=False,
+    )
+    tuner.oracle.verbose = 0  # progress goes to the log, one line a trial
+    return tuner
+
+
+def run_search(
+    setup: SearchSetup, observer: TrialObserver, train: Split, val: Split
+) -> SearchOutcome | None:
+    """Search (or, as a distributed worker, run trials until the chief stops); the best trial.
+
+    Raises SearchError when no trial succeeded, naming the error of the last failed trial.
+    """
+    tuner = make_tuner(setup, observer)
+    done = len(getattr(tuner.oracle, "end_order", []))
+    if done:
+        log.info("resuming the search in %s: %d trial(s) already ended", setup.directory, done)
+    try:
+        tuner.search(train, val)
+    except BaseException as error:
+        observer.interrupted(error)
+        if isinstance(error, RuntimeError) and "consecutive failures" in str(error):
+            raise SearchError(
+                f"search stopped: {setup.cfg.max_consecutive_failed_trials} consecutive trials "
+                f"failed (search.max_consecutive_failed_trials); last: {last_line(str(error))}"
+            ) from None
+        raise
+    if role() == "worker":
+        return None
+    return outcome_of(tuner, setup)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def outcome_of(tuner: TransferTuner, setup: SearchSetup) -> SearchOutcome:
+    """Every trial the oracle knows, and the best completed one (None when none completed)."""
+    trials = [record_of(t, tuner.scores.get(t.trial_id)) for t in tuner.oracle.trials.values()]
+    trials.sort(key=lambda record: record.trial_id)
+    completed = {t.trial_id: t for t in trials if t.status == TrialStatus.COMPLETED}
+    best = [t for t in tuner.oracle.get_best_trials(1) if t.trial_id in completed]
+    return SearchOutcome(
+        best=completed[best[0].trial_id] if best else None, trials=trials, directory=setup.directory
+    )
+
+
+def require_best(outcome: SearchOutcome, cfg: SearchConfig) -> TrialRecord:
+    """The best trial; a search where no trial succeeded is an error, never a silent None."""
+    if outcome.best is None or outcome.best.score is None:
+        failed = [t for t in outcome.trials if t.error]
+        reason = f"trial {failed[-1].trial_id}: {failed[-1].error}" if failed else "no trial ran"
+        raise SearchError(
+            f"search.tuner={cfg.tuner}: none of the {len(outcome.trials)} trial(s) succeeded; "
+            f"{reason}"
+        )
+    best = outcome.best
+    chosen = {name: best.values[name] for name in HYPERPARAMETERS}
+    log.info("best trial %s: %s=%.4f %s", best.trial_id, cfg.objective, best.score, chosen)
+    return best

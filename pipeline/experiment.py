@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.backbones import build_backbone
+from pipeline.backbones import APPLICATIONS, build_backbone
 from pipeline.config import Config
 from pipeline.data import load_task
 from pipeline.plots import close, learning_curve
@@ -53,10 +53,11 @@ def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
 
 
 def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool) -> keras.Model:
-    """The pretrained backbone (reused from the store when its recipe ran before)."""
-    if cfg.backbone.weights is None:
+    """The pretrained backbone: keras.applications weights (ImageNet or a file), random, or an
+    in-house backbone pretrained on its source task (reused when its recipe ran before)."""
+    if cfg.backbone.weights is None or cfg.backbone.name in APPLICATIONS:
         keras.utils.set_random_seed(cfg.seed)
-        tracker.set_tags({"backbone_weights": "random"})
+        tracker.set_tags({"backbone_weights": str(cfg.backbone.weights or "random")})
         return build_backbone(cfg.backbone, input_shape)
     store = tracker.weights_store()
     pretrained = pretrained_backbone(cfg.backbone, input_shape, cfg.seed, store, progress_bar)
@@ -68,6 +69,13 @@ def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool)
         }
     )
     return pretrained.model
+
+
+def log_skipped_files(tracker: Tracker | NullTracker, skipped: tuple[str, ...]) -> None:
+    """Unreadable images left out of the dataset: counted, and the first ones named."""
+    if skipped:
+        tracker.log_metrics({"skipped_images": len(skipped)})
+        tracker.set_tags({"skipped_images": ", ".join(skipped[:20])[:4000]})
 
 
 def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
@@ -149,6 +157,7 @@ def run_experiment(cfg: DictConfig) -> float:
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
     with tracker.experiment_run(name, parent_tags(config, resolved)):
         tracker.log_config(resolved, OmegaConf.to_yaml(cfg, resolve=True))
+        log_skipped_files(tracker, task.skipped_files)
         backbone = backbone_for_transfer(config, task.input_shape, tracker, progress_bar)
         ctx = StageContext(config, task, tracker.callbacks, progress_bar)
         rows, failures = run_stages(ctx, backbone, tracker)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from pipeline.backbones import block_map
+from pipeline.backbones import named_blocks
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,17 @@ def unfreeze_top(
     Returns the names of the unfrozen blocks (or layers, when counting raw layers).
     """
     backbone.trainable = True
-    blocks = block_map(backbone)
+    blocks = named_blocks(backbone)
     if unfreeze_layers is not None:
         chosen = [layer for layer in backbone.layers if layer.weights][-unfreeze_layers:]
         names = [layer.name for layer in chosen]
     else:
-        top = blocks if unfreeze_blocks is None else blocks[len(blocks) - unfreeze_blocks :]
-        chosen = [layer for block in top for layer in block]
-        names = [block[0].name.split("_", 1)[0] for block in top]
+        names = (
+            list(blocks)
+            if unfreeze_blocks is None
+            else list(blocks)[len(blocks) - unfreeze_blocks :]
+        )
+        chosen = [layer for name in names for layer in blocks[name]]
     chosen_ids = {id(layer) for layer in chosen}
     for layer in backbone.layers:
         is_bn = isinstance(layer, keras.layers.BatchNormalization)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import keras
 import numpy as np
 
 from pipeline.backbones import build_backbone
 from pipeline.config import Config
-from pipeline.data import Split, TaskData, batches
+from pipeline.data import Split, TaskData, augmenting, batches
 from pipeline.model import (
     FitResult,
     build_head,
@@ -62,8 +62,15 @@ class StageContext:
     progress_bar: bool = False
 
     def train_batches(self, split: Split | None = None):
+        """Shuffled training batches: images (augmented if configured), or given features."""
+        augment = self.cfg.dataset.augment if split is None else None
         split = self.task.train if split is None else split
-        return batches(split, self.cfg.dataset.batch_size, shuffle_seed=self.cfg.seed)
+        return batches(split, self.cfg.dataset.batch_size, self.cfg.seed, augment)
+
+    @property
+    def cached_features(self) -> bool:
+        """Whether feature extraction may train the head on features computed once."""
+        return self.cfg.train.fast_feature_extraction and not augmenting(self.cfg.dataset.augment)
 
     def fit(self, model: keras.Model, stage: str, train, val) -> FitResult:
         return fit(
@@ -89,7 +96,8 @@ def scratch(ctx: StageContext) -> StageResult:
     """The same architecture from random initialisation, every weight trained on the target task."""
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
-    backbone = build_backbone(ctx.cfg.backbone, ctx.task.input_shape)
+    random_init = replace(ctx.cfg.backbone, weights=None)  # never pretrained weights
+    backbone = build_backbone(random_init, ctx.task.input_shape)
     head = build_head(
         backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout
     )
@@ -113,7 +121,8 @@ def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
     """Pretrained backbone frozen, a new head trained on top of it.
 
     A frozen backbone without augmentation computes the same features every epoch, so by default
-    they are computed once and only the head is trained on them: same result, far cheaper.
+    they are computed once and only the head is trained on them: same result, far cheaper. With
+    augmentation every epoch sees new images, and the whole model runs.
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
@@ -123,7 +132,7 @@ def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
     )
     model = stack(backbone, head, inference_backbone=True)
     lr = ctx.cfg.lr.feature_extraction
-    if ctx.cfg.train.fast_feature_extraction:
+    if ctx.cached_features:
         train, val, test = (
             features_of(backbone, s) for s in (ctx.task.train, ctx.task.val, ctx.task.test)
         )

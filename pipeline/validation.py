@@ -5,12 +5,16 @@ Every message names the offending key and value and what is allowed.
 
 from __future__ import annotations
 
-from pipeline.backbones import IN_HOUSE, block_count
+from pathlib import Path
+
+from pipeline.backbones import APPLICATIONS, BACKBONES, block_count, min_image_size
 from pipeline.config import STAGES, TUNERS, Config
 from pipeline.data import EMBEDDED_LOADERS
 from pipeline.errors import ConfigError
 
-DATASET_SOURCES = ("embedded",)
+DATASET_SOURCES = ("embedded", "tfds", "folder")
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
+CORRUPT_POLICIES = ("skip", "error")
 MONITORS = ("val_accuracy", "val_loss")
 SAMPLINGS = ("linear", "log", "reverse_log")
 
@@ -48,44 +52,94 @@ def check_training(cfg: Config) -> None:
     )
 
 
-def check_dataset(cfg: Config) -> None:
-    data = cfg.dataset
+def check_source(data) -> None:
+    """The keys the chosen dataset source needs."""
     require(
         data.source in DATASET_SOURCES,
         f"dataset.source={data.source!r}; allowed: {list(DATASET_SOURCES)}",
     )
+    if data.source == "embedded":
+        require(
+            data.loader in EMBEDDED_LOADERS,
+            f"dataset.loader={data.loader!r}; allowed: {sorted(EMBEDDED_LOADERS)}",
+        )
+    elif data.source == "tfds":
+        require(bool(data.tfds_name), "dataset.tfds_name is empty; allowed: a TFDS dataset name")
+    else:
+        require(bool(data.path), "dataset.path is empty; allowed: a folder of class subfolders")
     require(
-        data.loader in EMBEDDED_LOADERS,
-        f"dataset.loader={data.loader!r}; allowed: {sorted(EMBEDDED_LOADERS)}",
+        data.corrupt_images in CORRUPT_POLICIES,
+        f"dataset.corrupt_images={data.corrupt_images!r}; allowed: {list(CORRUPT_POLICIES)}",
     )
-    for key in ("val_size", "test_size", "batch_size", "image_size", "channels"):
+
+
+def check_labels_and_augment(data) -> None:
+    require(
+        not (data.classes and data.groups),
+        "dataset.classes and dataset.groups are both set; allowed: one of them (keep or merge)",
+    )
+    for key in ("classes", "groups"):
+        value = getattr(data, key)
+        require(value is None or len(value) >= 2, f"dataset.{key}={value} needs >= 2 classes")
+    augment = data.augment
+    require(
+        augment.flip in (None, *FLIPS), f"dataset.augment.flip={augment.flip!r}; allowed: {FLIPS}"
+    )
+    for key in ("rotation", "zoom"):
+        value = getattr(augment, key)
+        require(0 <= value < 1, f"dataset.augment.{key}={value} must be in [0, 1)")
+
+
+def check_dataset(cfg: Config) -> None:
+    data = cfg.dataset
+    check_source(data)
+    check_labels_and_augment(data)
+    for key in ("val_size", "test_size", "batch_size", "image_size"):
         value = getattr(data, key)
         require(value >= 1, f"dataset.{key}={value} must be >= 1")
+    require(data.channels in (1, 3), f"dataset.channels={data.channels}; allowed: 1 or 3")
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(data, key)
+        require(0 < value < 1, f"dataset.{key}={value} must be in (0, 1)")
     per_class = data.train_per_class
     require(
         per_class is None or per_class >= 1,
         f"dataset.train_per_class={per_class} must be >= 1 (or null for all)",
     )
-
-
-def check_backbone(cfg: Config) -> None:
-    backbone = cfg.backbone
+    smallest = min_image_size(cfg.backbone.name)
     require(
-        backbone.name in IN_HOUSE, f"backbone.name={backbone.name!r}; allowed: {list(IN_HOUSE)}"
+        data.image_size >= smallest,
+        f"dataset.image_size={data.image_size} is below {cfg.backbone.name}'s minimum input "
+        f"size {smallest}; allowed: >= {smallest}",
     )
+
+
+def check_application(backbone) -> None:
+    """keras.applications: imagenet, an existing local weights file, or null."""
+    weights = backbone.weights
+    require(
+        weights in ("imagenet", None) or Path(weights).expanduser().is_file(),
+        f"backbone.weights={weights!r} is not a file; allowed for {backbone.name}: "
+        "'imagenet', a local weights file (.h5), or null",
+    )
+    require(backbone.alpha > 0, f"backbone.alpha={backbone.alpha} must be > 0")
+
+
+def check_in_house(backbone) -> None:
     require(
         backbone.weights in ("source", None),
         f"backbone.weights={backbone.weights!r}; allowed for {backbone.name}: 'source' or null",
     )
     require(len(backbone.widths) >= 1, f"backbone.widths={backbone.widths} needs one width a block")
-    require(
-        0 <= backbone.head_dropout < 1,
-        f"backbone.head_dropout={backbone.head_dropout} must be in [0, 1)",
-    )
     source = backbone.source
+    sources = [*sorted(EMBEDDED_LOADERS), "tfds"]
     require(
-        source.dataset in EMBEDDED_LOADERS,
-        f"backbone.source.dataset={source.dataset!r}; allowed: {sorted(EMBEDDED_LOADERS)}",
+        source.dataset in sources,
+        f"backbone.source.dataset={source.dataset!r}; allowed: {sources}",
+    )
+    require(
+        source.dataset != "tfds" or bool(source.tfds_name),
+        "backbone.source.tfds_name is empty but backbone.source.dataset='tfds'",
     )
     require(source.epochs >= 1, f"backbone.source.epochs={source.epochs} must be >= 1")
     require(
@@ -96,6 +150,21 @@ def check_backbone(cfg: Config) -> None:
         0 < source.val_fraction < 1,
         f"backbone.source.val_fraction={source.val_fraction} must be in (0, 1)",
     )
+
+
+def check_backbone(cfg: Config) -> None:
+    backbone = cfg.backbone
+    require(
+        backbone.name in BACKBONES, f"backbone.name={backbone.name!r}; allowed: {list(BACKBONES)}"
+    )
+    require(
+        0 <= backbone.head_dropout < 1,
+        f"backbone.head_dropout={backbone.head_dropout} must be in [0, 1)",
+    )
+    if backbone.name in APPLICATIONS:
+        check_application(backbone)
+    else:
+        check_in_house(backbone)
 
 
 def check_freeze(cfg: Config) -> None:

@@ -66,8 +66,17 @@ def load_external(cfg: DatasetConfig, seed: int) -> TaskData:
     )
 
 
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Float images in [0, 1] resized (bilinear) to `size` squared."""
+    import tensorflow as tf
+
+    return np.clip(tf.image.resize(images, (size, size)).numpy(), 0.0, 1.0)
+
+
 def load_embedded_task(cfg: DatasetConfig, seed: int) -> TaskData:
     images, labels = load_embedded(cfg.loader)
+    if images.shape[1] != cfg.image_size:  # e.g. 28 -> 32, the smallest ImageNet backbone input
+        images = resize(images, cfg.image_size)
     names = [str(i) for i in range(int(labels.max()) + 1)]
     mapping, new_names = label_mapping(names, cfg.classes, cfg.groups)
     images, labels = relabel(images, labels, mapping)

@@ -18,10 +18,12 @@ from urllib.parse import urlparse
 import keras
 import mlflow
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import TrackingConfig
 from pipeline.pretrain import WEIGHTS_FILE, LocalWeightsStore
+from pipeline.secrets import redact_text, redact_tree, redact_value
 from pipeline.store import prepare_store, resolve_uri
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,7 @@ class Tracker:
         return MlflowWeightsStore(self.client, self.backbone_experiment_id)
 
     def experiment_run(self, name: str, tags: dict[str, str]):
+        tags = {key: redact_value(key, value) for key, value in tags.items()}
         return tracked_run(experiment_id=self.experiment_id, run_name=name, tags=tags)
 
     def stage_run(self, stage: str):
@@ -179,9 +182,11 @@ class Tracker:
     def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
         return [MetricsCallback(synchronous=not self.cfg.async_logging)]
 
-    def log_config(self, resolved: dict, config_yaml: str) -> None:
-        mlflow.log_params(flatten(resolved))
-        mlflow.log_text(config_yaml, "config.yaml")
+    def log_config(self, resolved: dict) -> None:
+        """The resolved config as flattened params and as `config.yaml`, secrets masked."""
+        safe = redact_tree(resolved)
+        mlflow.log_params(flatten(safe))
+        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(safe)), "config.yaml")
 
     def log_params(self, params: dict[str, object]) -> None:
         mlflow.log_params(params)
@@ -201,7 +206,7 @@ class Tracker:
     def ui_command(self) -> str:
         if urlparse(self.uri).scheme == "sqlite":
             return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
-        return f"open {self.uri} in a browser"
+        return f"open {redact_text(self.uri)} in a browser"
 
 
 class NullTracker:
@@ -227,7 +232,7 @@ class NullTracker:
     def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
         return []
 
-    def log_config(self, resolved: dict, config_yaml: str) -> None: ...
+    def log_config(self, resolved: dict) -> None: ...
 
     def log_params(self, params: dict[str, object]) -> None: ...
 

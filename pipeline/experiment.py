@@ -14,12 +14,14 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.backbones import build_backbone
+from pipeline.backbones import APPLICATIONS, build_backbone
 from pipeline.config import Config
 from pipeline.data import load_task
 from pipeline.plots import close, learning_curve
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import config_hash, git_commit, hydra_tags
+from pipeline.search import role
+from pipeline.search_stage import fine_tune_chosen, run_worker, search_stage, searching
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
 from pipeline.tracking import NullTracker, Tracker, make_tracker
@@ -51,10 +53,11 @@ def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
 
 
 def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool) -> keras.Model:
-    """The pretrained backbone (reused from the store when its recipe ran before)."""
-    if cfg.backbone.weights is None:
+    """The pretrained backbone: keras.applications weights (ImageNet or a file), random, or an
+    in-house backbone pretrained on its source task (reused when its recipe ran before)."""
+    if cfg.backbone.weights is None or cfg.backbone.name in APPLICATIONS:
         keras.utils.set_random_seed(cfg.seed)
-        tracker.set_tags({"backbone_weights": "random"})
+        tracker.set_tags({"backbone_weights": str(cfg.backbone.weights or "random")})
         return build_backbone(cfg.backbone, input_shape)
     store = tracker.weights_store()
     pretrained = pretrained_backbone(cfg.backbone, input_shape, cfg.seed, store, progress_bar)
@@ -66,6 +69,13 @@ def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool)
         }
     )
     return pretrained.model
+
+
+def log_skipped_files(tracker: Tracker | NullTracker, skipped: tuple[str, ...]) -> None:
+    """Unreadable images left out of the dataset: counted, and the first ones named."""
+    if skipped:
+        tracker.log_metrics({"skipped_images": len(skipped)})
+        tracker.set_tags({"skipped_images": ", ".join(skipped[:20])[:4000]})
 
 
 def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
@@ -96,6 +106,8 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
         return scratch(ctx)
     if stage == "feature_extraction":
         return feature_extraction(ctx, backbone)
+    if "search" in done:
+        return fine_tune_chosen(ctx, done["feature_extraction"], done["search"])
     return fine_tune(ctx, done["feature_extraction"])
 
 
@@ -111,6 +123,13 @@ def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
         if stage == "fine_tune" and "feature_extraction" not in done:
             failures[stage] = "not run: feature_extraction failed"
             continue
+        if stage == "fine_tune" and searching(ctx.cfg):
+            try:  # the search is its own run, a sibling of the stages
+                done["search"] = search_stage(ctx, done["feature_extraction"], tracker)
+            except Exception as error:
+                failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
+                failures[stage] = "not run: the search failed"
+                continue
         try:
             with tracker.stage_run(stage):
                 result = run_stage(stage, ctx, backbone, done)
@@ -131,11 +150,14 @@ def run_experiment(cfg: DictConfig) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     configure_runtime(config)
     task = load_task(config.dataset, config.seed)
+    if role() == "worker":  # a distributed search's worker runs trials, not an experiment
+        return run_worker(config, task, config_hash(resolved))
     tracker = make_tracker(config.tracking)
     progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
     with tracker.experiment_run(name, parent_tags(config, resolved)):
         tracker.log_config(resolved)
+        log_skipped_files(tracker, task.skipped_files)
         backbone = backbone_for_transfer(config, task.input_shape, tracker, progress_bar)
         ctx = StageContext(config, task, tracker.callbacks, progress_bar)
         rows, failures = run_stages(ctx, backbone, tracker)

@@ -76,7 +76,7 @@ def recipe_of(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> d
 
 def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, progress_bar: bool):
     """Train backbone + head on the source task; return the backbone and its source metrics."""
-    source = load_source_task(cfg.source, seed)
+    source = load_source_task(cfg.source, seed, input_shape)  # conformed to the target's shape
     keras.utils.set_random_seed(seed)
     backbone = build_backbone(cfg, input_shape)
     head = build_head(backbone.output_shape[-1], source.num_classes, cfg.head_dropout)

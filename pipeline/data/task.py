@@ -102,9 +102,31 @@ def source_arrays(cfg: SourceTaskConfig) -> tuple[np.ndarray, np.ndarray]:
     return tfds_source.read_split(builder, cfg.split, shape[0], shape[-1])
 
 
-def load_source_task(cfg: SourceTaskConfig, seed: int) -> TaskData:
-    """The source task an in-house backbone is pretrained on (train and validation only)."""
+def conform_images(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Source images at the target's (H, W, C): resized, greyscale repeated or RGB averaged."""
+    import tensorflow as tf
+
+    if images.shape[1:3] != tuple(shape[:2]):
+        scale = 255.0 if images.dtype == np.uint8 else 1.0
+        images = tf.image.resize(images.astype("float32") / scale, shape[:2]).numpy()
+        images = np.clip(images, 0.0, 1.0).astype("float32")
+    if images.shape[-1] != shape[-1]:
+        channels = shape[-1]
+        images = np.repeat(images, 3, -1) if channels == 3 else images.mean(-1, keepdims=True)
+        images = images.astype(np.uint8) if images.dtype != np.float32 else images
+    return images
+
+
+def load_source_task(
+    cfg: SourceTaskConfig, seed: int, shape: tuple[int, ...] | None = None
+) -> TaskData:
+    """The source task an in-house backbone is pretrained on (train and validation only).
+
+    With `shape`, its images are conformed to the target task's, so that one backbone fits both.
+    """
     images, labels = source_arrays(cfg)
+    if shape is not None:
+        images = conform_images(images, shape)
     if cfg.classes is not None:
         keep = np.isin(labels, cfg.classes)
         images = images[keep]

@@ -27,7 +27,7 @@ class AugmentConfig:
 
 @dataclass
 class SplitSpecs:
-    """TFDS split specs (`train[:80%]`) or image-folder subfolders; null: carved out (see below)."""
+    """TFDS split specs (`train[:80%]`); image folders use their train/validation/test folders."""
 
     train: str = "train"
     val: str | None = None  # null: val_fraction of train
@@ -177,7 +177,8 @@ class TrackingConfig:
     )
     experiment_name: str = "transfer-lab"
     backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
-    async_logging: bool = True
+    async_logging: bool = True  # trial runs (search): per-epoch metrics logged asynchronously
+    metrics_flush_s: float = 5.0  # stage runs: per-epoch metrics written in batches this far apart
     untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 
 import keras
 import mlflow
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -32,16 +34,36 @@ ERROR_TAG_LIMIT = 5000
 
 
 class MetricsCallback(keras.callbacks.Callback):
-    """Logs every epoch's metrics to the active MLflow run (step = epoch), never per batch."""
+    """Logs every epoch's metrics (step = epoch) to the active MLflow run, never per batch.
 
-    def __init__(self, synchronous: bool):
+    Epochs of a small model take milliseconds while a store write takes several: the metrics are
+    written in one batch at most every `flush_s` seconds and when training ends, so the UI stays
+    near-live at a fraction of the cost (0 writes every epoch).
+    """
+
+    def __init__(self, client: MlflowClient, flush_s: float):
         super().__init__()
-        self.synchronous = synchronous
+        self.client = client
+        self.flush_s = flush_s
+        self.pending: list[Metric] = []
+        self.last_flush = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {name: float(value) for name, value in (logs or {}).items()}
-        if metrics:
-            mlflow.log_metrics(metrics, step=epoch, synchronous=self.synchronous)
+        now_ms = int(time.time() * 1000)
+        for name, value in (logs or {}).items():
+            self.pending.append(Metric(name, float(value), now_ms, epoch))
+        if time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            run_id = mlflow.active_run().info.run_id
+            self.client.log_batch(run_id, metrics=self.pending)
+            self.pending = []
+        self.last_flush = time.monotonic()
 
 
 def process_tags() -> dict[str, str]:
@@ -180,7 +202,7 @@ class Tracker:
         )
 
     def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
-        return [MetricsCallback(synchronous=not self.cfg.async_logging)]
+        return [MetricsCallback(self.client, self.cfg.metrics_flush_s)]
 
     def log_config(self, resolved: dict) -> None:
         """The resolved config as flattened params and as `config.yaml`, secrets masked."""

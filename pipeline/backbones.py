@@ -9,6 +9,7 @@ blocks" on any backbone rather than a raw layer count. keras.applications backbo
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,7 +107,10 @@ def load_application_weights(model: keras.Model, cfg: BackboneConfig, constructo
         if source == "imagenet":
             # Keras knows the file's name and hash; building once with weights="imagenet" fetches
             # it into ~/.keras/models (or finds it there), and its weights are copied over.
-            reference = constructor(include_top=False, weights="imagenet", **kwargs)
+            # Its input size does not matter without the top: silence the "default 224" warning.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*input shape.*will be loaded")
+                reference = constructor(include_top=False, weights="imagenet", **kwargs)
             model.set_weights(reference.get_weights())
         else:
             model.load_weights(source)

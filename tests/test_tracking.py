@@ -24,7 +24,19 @@ def finished(smoke, client) -> dict[str, list]:
     return runs_by_stage(client)
 
 
-def test_parent_run_carries_tags_params_metrics_and_config(finished, client: MlflowClient):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> tuple[Path, MlflowClient, dict[str, list]]:
+    """One smoke experiment that the read-only tests below inspect: its folder, client, runs."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    objective = run_experiment(compose_config(["debug=smoke", f"tracking.uri={uri}"]))
+    assert 0.0 <= objective <= 1.0
+    client = MlflowClient(uri)
+    return root, client, runs_by_stage(client)
+
+
+def test_parent_run_carries_tags_params_metrics_and_config(shared):
+    _, client, finished = shared
     (parent,) = finished["parent"]
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
@@ -40,7 +52,8 @@ def test_parent_run_carries_tags_params_metrics_and_config(finished, client: Mlf
     assert "config.yaml" in artifacts
 
 
-def test_a_child_run_per_stage_with_epoch_metrics_final_metrics_and_plot(finished, client):
+def test_a_child_run_per_stage_with_epoch_metrics_final_metrics_and_plot(shared):
+    _, client, finished = shared
     (parent,) = finished["parent"]
     for stage in STAGES:
         (run,) = finished[stage]
@@ -62,9 +75,10 @@ def test_a_child_run_per_stage_with_epoch_metrics_final_metrics_and_plot(finishe
     assert fine.data.params["unfreeze_blocks"] == "1" and fine.data.params["unfrozen"] == "block3"
 
 
-def test_artifacts_live_beside_the_store(finished, client, tmp_path: Path):
+def test_artifacts_live_beside_the_store(shared):
+    root, _, finished = shared
     (parent,) = finished["parent"]
-    assert parent.info.artifact_uri.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
+    assert parent.info.artifact_uri.startswith((root / "mlruns" / "artifacts").as_uri())
 
 
 def test_pretrained_backbone_is_a_run_reused_and_cited_by_later_runs(finished, smoke, client):

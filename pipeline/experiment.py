@@ -7,25 +7,27 @@ accuracy, so that a Hydra sweeper can optimise it (never the test accuracy).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.backbones import APPLICATIONS, build_backbone
-from pipeline.config import Config
+from pipeline.config import Config, TrackingConfig
 from pipeline.data import load_task
-from pipeline.plots import close, learning_curve
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import config_hash, git_commit, hydra_tags
-from pipeline.search import role
-from pipeline.search_stage import fine_tune_chosen, run_worker, search_stage, searching
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
-from pipeline.tracking import NullTracker, Tracker, make_tracker
+from pipeline.untracked import NullTracker
 from pipeline.validation import check_config
+
+if TYPE_CHECKING:
+    from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,28 @@ def configure_runtime(cfg: Config) -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def open_tracker(cfg: TrackingConfig) -> Tracker | NullTracker:
+    """MLflow (imported only now: `tracking=off` must not pay for it), or nothing."""
+    if not cfg.enabled:
+        return NullTracker(cfg)
+    from pipeline.tracking import Tracker
+
+    return Tracker(cfg)
+
+
+def searching(cfg: Config) -> bool:
+    return cfg.search.tuner != "none"
+
+
+def distributed_worker() -> bool:
+    """A Keras Tuner worker (KERASTUNER_* set, not the chief) runs trials, not an experiment."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return False
+    from pipeline.search import role
+
+    return role() == "worker"
 
 
 def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
@@ -91,6 +115,8 @@ def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
         }
     )
     if tracker.enabled:
+        from pipeline.plots import close, learning_curve  # matplotlib only when it is logged
+
         figure = learning_curve(result.fit.history, result.stage, result.fit.best_epoch)
         tracker.log_figure(figure, f"learning_curve_{result.stage}.png")
         close(figure)
@@ -107,6 +133,8 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
     if stage == "feature_extraction":
         return feature_extraction(ctx, backbone)
     if "search" in done:
+        from pipeline.search_stage import fine_tune_chosen
+
         return fine_tune_chosen(ctx, done["feature_extraction"], done["search"])
     return fine_tune(ctx, done["feature_extraction"])
 
@@ -124,6 +152,8 @@ def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
             failures[stage] = "not run: feature_extraction failed"
             continue
         if stage == "fine_tune" and searching(ctx.cfg):
+            from pipeline.search_stage import search_stage  # Keras Tuner only when searching
+
             try:  # the search is its own run, a sibling of the stages
                 done["search"] = search_stage(ctx, done["feature_extraction"], tracker)
             except Exception as error:
@@ -150,9 +180,11 @@ def run_experiment(cfg: DictConfig) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     configure_runtime(config)
     task = load_task(config.dataset, config.seed)
-    if role() == "worker":  # a distributed search's worker runs trials, not an experiment
+    if distributed_worker():
+        from pipeline.search_stage import run_worker
+
         return run_worker(config, task, config_hash(resolved))
-    tracker = make_tracker(config.tracking)
+    tracker = open_tracker(config.tracking)
     progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
     with tracker.experiment_run(name, parent_tags(config, resolved)):

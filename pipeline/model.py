@@ -46,6 +46,15 @@ def stack(backbone: keras.Model, head: keras.Model, *, inference_backbone: bool)
     return keras.Model(inputs, head(features), name=f"{backbone.name}_classifier")
 
 
+def backbone_of(classifier: keras.Model) -> keras.Model:
+    """The backbone inside a classifier that `stack` built: its nested model other than the head."""
+    return next(
+        layer
+        for layer in classifier.layers
+        if isinstance(layer, keras.Model) and layer.name != "head"
+    )
+
+
 def unfreeze_top(
     backbone: keras.Model, unfreeze_blocks: int | None, unfreeze_layers: int | None = None
 ) -> list[str]:

@@ -33,7 +33,7 @@ from pipeline.backbones import block_map
 from pipeline.config import SearchConfig
 from pipeline.data import Split, batches
 from pipeline.errors import ConfigError, SearchError
-from pipeline.model import compile_classifier, unfreeze_top
+from pipeline.model import backbone_of, compile_classifier, unfreeze_top
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def split_at_boundary(model: keras.Model, depth: int) -> tuple[keras.Model, kera
     The cut is the input of the lowest unfrozen layer; a residual connection that jumps over it
     (or unfreezing every block) leaves nothing worth caching.
     """
-    backbone, head = model.layers[1], model.get_layer("head")
+    backbone, head = backbone_of(model), model.get_layer("head")
     blocks = block_map(backbone)
     if depth >= len(blocks):
         return None
@@ -203,7 +203,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         model = self.setup.build_classifier()
         model.load_weights(self.setup.checkpoint)
-        unfreeze_top(model.layers[1], hp.get("unfreeze_blocks"))
+        unfreeze_top(backbone_of(model), hp.get("unfreeze_blocks"))
         compile_classifier(model, hp.get("learning_rate"))  # `trainable` changes need a compile
         return model
 

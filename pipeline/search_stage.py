@@ -48,7 +48,7 @@ from pipeline.search_tracking import (
     wait_for_chief,
 )
 from pipeline.stages import StageContext, StageResult, fine_tune
-from pipeline.tracking import make_tracker, tracked_run
+from pipeline.tracking import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ class SearchChoice:
     @property
     def values(self) -> dict[str, object]:
         return {name: self.best.values[name] for name in HYPERPARAMETERS}
-
-
-def searching(cfg: Config) -> bool:
-    return cfg.search.tuner != "none"
 
 
 def classifier_factory(cfg: Config, task: TaskData):
@@ -195,7 +191,7 @@ def run_worker(cfg: Config, task: TaskData, config_hash: str) -> float:
             "tracking.enabled=false with KERASTUNER_ORACLE_IP set: distributed workers find the "
             "chief's search run and checkpoint in MLflow; enable tracking (a shared store)"
         )
-    tracker = make_tracker(cfg.tracking)
+    tracker = Tracker(cfg.tracking)
     chief = wait_for_chief(
         tracker.client,
         tracker.experiment_id,

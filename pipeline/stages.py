@@ -20,6 +20,7 @@ from pipeline.config import Config
 from pipeline.data import Split, TaskData, augmenting, batches
 from pipeline.model import (
     FitResult,
+    backbone_of,
     build_head,
     compile_classifier,
     fit,
@@ -164,7 +165,7 @@ def fine_tune(
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
     model = extracted.model
-    backbone = model.layers[1]
+    backbone = backbone_of(model)
     freeze_cfg = ctx.cfg.freeze
     blocks = freeze_cfg.unfreeze_blocks if unfreeze_blocks is None else unfreeze_blocks
     unfrozen = unfreeze_top(backbone, blocks, freeze_cfg.unfreeze_layers)

@@ -11,10 +11,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
@@ -88,14 +86,3 @@ def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
     for name in experiment_names:
         ensure_experiment(client, name, uri)
     return client
-
-
-class PrepareStoreBeforeSweep(Callback):
-    """Hydra callback: a fresh SQLite store is created once before a parallel sweep starts."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        tracking = config.tracking
-        if tracking.enabled:
-            uri = resolve_uri(tracking.uri)
-            prepare_store(uri, [tracking.experiment_name, tracking.backbone_experiment])
-            log.info("MLflow store ready at %s", uri)

@@ -22,9 +22,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline import PROJECT_ROOT
 from pipeline.config import TrackingConfig
-from pipeline.pretrain import WEIGHTS_FILE, LocalWeightsStore
+from pipeline.pretrain import WEIGHTS_FILE
 from pipeline.secrets import redact_text, redact_tree, redact_value
 from pipeline.store import prepare_store, resolve_uri
 
@@ -229,47 +228,3 @@ class Tracker:
         if urlparse(self.uri).scheme == "sqlite":
             return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
         return f"open {redact_text(self.uri)} in a browser"
-
-
-class NullTracker:
-    """Tracking off: same interface, nothing logged; pretrained weights kept in a local folder."""
-
-    enabled = False
-
-    def __init__(self, cfg: TrackingConfig):
-        self.cfg = cfg
-
-    def weights_store(self) -> LocalWeightsStore:
-        folder = self.cfg.untracked_cache or PROJECT_ROOT / "mlruns" / "untracked-backbones"
-        return LocalWeightsStore(Path(folder))
-
-    @contextmanager
-    def experiment_run(self, name: str, tags: dict[str, str]):
-        yield None
-
-    @contextmanager
-    def stage_run(self, stage: str):
-        yield None
-
-    def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
-        return []
-
-    def log_config(self, resolved: dict) -> None: ...
-
-    def log_params(self, params: dict[str, object]) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float]) -> None: ...
-
-    def set_tags(self, tags: dict[str, str]) -> None: ...
-
-    def log_figure(self, figure, name: str) -> None: ...
-
-    def run_id(self) -> str:
-        return "-"
-
-    def ui_command(self) -> str:
-        return "tracking was off (tracking=off): nothing was logged"
-
-
-def make_tracker(cfg: TrackingConfig) -> Tracker | NullTracker:
-    return Tracker(cfg) if cfg.enabled else NullTracker(cfg)

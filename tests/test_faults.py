@@ -1,4 +1,4 @@
-"""Interruption and failure in real processes: exit codes, one-line errors, truthful run statuses."""
+"""Interruption and failure in real processes: exit codes, one-line errors, true run statuses."""
 
 from __future__ import annotations
 

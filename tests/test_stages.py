@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from pipeline.backbones import block_map
 from pipeline.data import load_task
+from pipeline.model import backbone_of
 from pipeline.pretrain import LocalWeightsStore, pretrained_backbone
 from pipeline.stages import StageContext, feature_extraction, fine_tune, scratch
 from tests.conftest import compose_config
@@ -95,7 +96,7 @@ def test_fine_tune_counts_trainable_parameters_of_the_open_blocks_only(tmp_path)
 def test_scratch_trains_every_weight_from_random_init(tmp_path):
     ctx, pretrained = make_context(tmp_path)
     result = scratch(ctx)
-    backbone = result.model.layers[1]
+    backbone = backbone_of(result.model)
     assert backbone is not pretrained
     trainable = {w.path for w in result.model.trainable_weights}
     assert {w.path for w in backbone.trainable_weights} <= trainable

@@ -8,7 +8,9 @@ blocks are unfrozen, and the model is recompiled after every change of `trainabl
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -44,6 +46,15 @@ def stack(backbone: keras.Model, head: keras.Model, *, inference_backbone: bool)
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
     features = backbone(inputs, training=False) if inference_backbone else backbone(inputs)
     return keras.Model(inputs, head(features), name=f"{backbone.name}_classifier")
+
+
+def save_weights_atomically(model: keras.Model, path: str | os.PathLike) -> None:
+    """Write `<name>.weights.h5` under a temporary name, then rename: an interrupted write never
+    leaves a file that a resume would load."""
+    target = Path(path)
+    partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
+    model.save_weights(partial)
+    os.replace(partial, target)
 
 
 def backbone_of(classifier: keras.Model) -> keras.Model:

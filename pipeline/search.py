@@ -33,7 +33,12 @@ from pipeline.backbones import block_map
 from pipeline.config import SearchConfig
 from pipeline.data import Split, batches
 from pipeline.errors import ConfigError, SearchError
-from pipeline.model import backbone_of, compile_classifier, unfreeze_top
+from pipeline.model import (
+    backbone_of,
+    compile_classifier,
+    save_weights_atomically,
+    unfreeze_top,
+)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +260,7 @@ class BestWeights(keras.callbacks.Callback):
     def save(self, path: str) -> None:
         if self.weights is not None:
             self.whole.set_weights(self.weights)
-            self.whole.save_weights(path)
+            save_weights_atomically(self.whole, path)
 
 
 def best_of(history: keras.callbacks.History, objective: keras_tuner.Objective) -> float:

@@ -26,7 +26,7 @@ from pipeline.backbones import block_count, build_backbone
 from pipeline.config import Config, SearchConfig
 from pipeline.data import TaskData, augmenting
 from pipeline.errors import ConfigError, SearchError
-from pipeline.model import build_head, stack
+from pipeline.model import build_head, save_weights_atomically, stack
 from pipeline.search import (
     CHECKPOINT,
     HYPERPARAMETERS,
@@ -113,7 +113,7 @@ def search_run(tracker, previous, config_hash: str):
 def start_fresh(setup: SearchSetup, extracted: StageResult, tracker) -> None:
     """Checkpoint the feature-extraction model where every trial (and worker) finds it."""
     setup.directory.mkdir(parents=True, exist_ok=True)
-    extracted.model.save_weights(setup.checkpoint)
+    save_weights_atomically(extracted.model, setup.checkpoint)
     if tracker.enabled:
         mlflow.log_params(search_params(setup.cfg, setup.block_count))
         mlflow.set_tags({"search_dir": str(setup.directory.resolve()), "tuner": setup.cfg.tuner})

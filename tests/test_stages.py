@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from pipeline.backbones import block_map
 from pipeline.data import load_task
-from pipeline.model import backbone_of
+from pipeline.model import backbone_of, save_weights_atomically
 from pipeline.pretrain import LocalWeightsStore, pretrained_backbone
 from pipeline.stages import StageContext, feature_extraction, fine_tune, scratch
 from tests.conftest import compose_config
@@ -101,3 +101,15 @@ def test_scratch_trains_every_weight_from_random_init(tmp_path):
     trainable = {w.path for w in result.model.trainable_weights}
     assert {w.path for w in backbone.trainable_weights} <= trainable
     assert result.params["trainable_params"] > 0
+
+
+def test_weights_are_saved_under_a_temporary_name_then_renamed(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    target = tmp_path / "checkpoint.weights.h5"
+    target.write_bytes(b"an older checkpoint")
+    save_weights_atomically(model, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.weights.h5"]
+    restored = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    restored.load_weights(target)
+    for saved, loaded in zip(model.get_weights(), restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, loaded)

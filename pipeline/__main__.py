@@ -1,10 +1,13 @@
 """`python -m pipeline [overrides]`: one experiment, or a sweep with `-m`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
 from pipeline.guard import run_guarded
+from pipeline.preflight import exit_if_invalid
 
 register_configs()
 
@@ -17,4 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    exit_if_invalid(sys.argv[1:])  # a config mistake is one line, before anything starts
     main()

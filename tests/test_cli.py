@@ -68,10 +68,23 @@ def test_impossible_values_exit_2_with_one_line_and_log_nothing(tmp_path, store_
     assert MlflowClient(store_uri).get_experiment_by_name("transfer-lab") is None
 
 
-def test_unknown_key_fails_at_composition_naming_it(tmp_path):
-    done = run_cli(["dataset.trian_per_class=5"], tmp_path)
-    assert done.returncode == 1
-    assert "trian_per_class" in done.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dataset.trian_per_class=5"], "dataset.trian_per_class is not a config key; allowed:"),
+        (["+dataset.colour=red"], "dataset.colour is not a config key; allowed:"),
+        (["seed=zero"], "seed: Value 'zero' of type 'str' could not be converted to Integer"),
+        (["backbone=resnet9000"], "backbone=resnet9000 is not an option; allowed: efficientnet_b0"),
+        (["-m", "seed=0,x"], "seed: Value 'x' of type 'str' could not be converted"),
+        (["lr.fine_tune=[0.1"], "lr.fine_tune=[0.1: no viable alternative"),
+    ],
+)
+def test_composition_mistakes_exit_2_in_one_line_before_anything_runs(tmp_path, args, message):
+    done = run_cli(args, tmp_path, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists(), "nothing ran: no output folder"
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):

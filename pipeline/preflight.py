@@ -1,0 +1,116 @@
+"""Composition checked before Hydra runs anything, so that a config mistake is one line.
+
+Hydra reports a bad override in several lines plus a hint about stack traces. Here the command
+line's overrides are composed with Hydra's own compose API first (every value of a sweep too); a
+mistake comes back as one line that names the key or option and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import fields, is_dataclass
+from typing import get_type_hints
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline import PROJECT_ROOT
+from pipeline.config import Config
+
+INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
+
+
+def schema_keys(full_key: str) -> list[str]:
+    """The keys the schema allows beside `full_key` (e.g. every key of `dataset`)."""
+    node: object = Config
+    for part in full_key.split(".")[:-1]:
+        node = get_type_hints(node).get(part) if is_dataclass(node) else None
+    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
+def unknown_key(key: str) -> str:
+    allowed = schema_keys(key)
+    return f"{key} is not a config key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+
+
+def extra_keys(node: object, schema: type, prefix: str = "") -> list[str]:
+    """Keys that `+key=value` added beyond the schema (Hydra lets `+` through struct mode)."""
+    declared = {f.name for f in fields(schema)}
+    hints = get_type_hints(schema)
+    extra = []
+    for key in node:
+        full = f"{prefix}{key}"
+        if key not in declared:
+            extra.append(full)
+        elif is_dataclass(hints[key]) and OmegaConf.is_dict(node[key]):
+            extra += extra_keys(node[key], hints[key], f"{full}.")
+    return extra
+
+
+def one_line(error: Exception) -> str:
+    """The first line of an OmegaConf/Hydra error, with the key and what is allowed."""
+    if isinstance(error, MissingConfigException) and error.options:
+        group, _, wanted = (error.missing_cfg_file or "").partition("/")
+        return f"{group}={wanted} is not an option; allowed: {', '.join(error.options)}"
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    key = getattr(cause, "full_key", None)
+    message = str(cause).splitlines()[0]
+    if key and "not in" in message:
+        return unknown_key(key)
+    return f"{key}: {message}" if key else message
+
+
+def variants(overrides: list[str]) -> list[list[str]]:
+    """One override list per sweep value (the other sweeps at their first value)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    keys = [o.input_line.split("=", 1)[0] for o in parsed]
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else None for o in parsed]
+    base = [
+        o.input_line if v is None else f"{k}={v[0]}"
+        for o, k, v in zip(parsed, keys, values, strict=True)
+    ]
+    lists = [base]
+    for index, sweep in enumerate(values):
+        for value in (sweep or [])[1:]:
+            lists.append([*base[:index], f"{keys[index]}={value}", *base[index + 1 :]])
+    return lists
+
+
+def check_composition(argv: list[str], config_name: str = "config") -> str | None:
+    """None when the command line composes; else one line that says what is wrong."""
+    args = get_args_parser().parse_args(argv)
+    if any(getattr(args, flag, None) for flag in INFO_FLAGS):
+        return None
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        candidates = variants(overrides)
+    except OverrideParseException as error:
+        return f"{' '.join(overrides)}: {str(error).splitlines()[0]}"
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        for candidate in candidates:
+            try:
+                cfg = compose(config_name, overrides=candidate)
+                OmegaConf.to_object(cfg)
+            except (ConfigCompositionException, OmegaConfBaseException) as error:
+                return one_line(error)
+            for key in extra_keys(cfg, Config):
+                return unknown_key(key)
+    return None
+
+
+def exit_if_invalid(argv: list[str]) -> None:
+    """Exit 2 with one line when the command line does not compose.
+
+    HYDRA_FULL_ERROR=1 leaves the report to Hydra, with its traceback.
+    """
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    problem = check_composition(argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)

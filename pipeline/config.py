@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 STAGES = ("scratch", "feature_extraction", "fine_tune")
+BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"  # a pretraining run's artifact
 TUNERS = ("none", "random", "bayesian", "hyperband", "grid")
 
 
@@ -178,6 +179,7 @@ class TrackingConfig:
     experiment_name: str = "transfer-lab"
     backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
     async_logging: bool = True  # trial runs (search): per-epoch metrics logged asynchronously
+    separate_process: bool = True  # MLflow work on another core (not with search: same process)
     metrics_flush_s: float = 5.0  # stage runs: per-epoch metrics written in batches this far apart
     untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
 

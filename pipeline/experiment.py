@@ -17,7 +17,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.backbones import APPLICATIONS, build_backbone
-from pipeline.config import Config, TrackingConfig
+from pipeline.config import Config
 from pipeline.data import load_task
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import config_hash, git_commit, hydra_tags
@@ -28,6 +28,7 @@ from pipeline.validation import check_config
 
 if TYPE_CHECKING:
     from pipeline.tracking import Tracker
+    from pipeline.tracking_process import RemoteTracker
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,18 @@ def configure_runtime(cfg: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def open_tracker(cfg: TrackingConfig) -> Tracker | NullTracker:
-    """MLflow (imported only now: `tracking=off` must not pay for it), or nothing."""
-    if not cfg.enabled:
-        return NullTracker(cfg)
+def open_tracker(cfg: Config) -> Tracker | RemoteTracker | NullTracker:
+    """MLflow in a tracking process, or in this one (a search logs from inside its trials), or
+    nothing. MLflow is imported only here: `tracking=off` must not pay for it."""
+    if not cfg.tracking.enabled:
+        return NullTracker(cfg.tracking)
+    from pipeline.tracking_process import RemoteTracker, wanted
+
+    if wanted(cfg):
+        return RemoteTracker(cfg.tracking)
     from pipeline.tracking import Tracker
 
-    return Tracker(cfg)
+    return Tracker(cfg.tracking)
 
 
 def searching(cfg: Config) -> bool:
@@ -114,12 +120,7 @@ def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
             "seconds": result.seconds,
         }
     )
-    if tracker.enabled:
-        from pipeline.plots import close, learning_curve  # matplotlib only when it is logged
-
-        figure = learning_curve(result.fit.history, result.stage, result.fit.best_epoch)
-        tracker.log_figure(figure, f"learning_curve_{result.stage}.png")
-        close(figure)
+    tracker.log_learning_curve(result.fit.history, result.stage, result.fit.best_epoch)
 
 
 class StagesFailed(RuntimeError):
@@ -173,18 +174,31 @@ def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
     return rows, failures
 
 
-def run_experiment(cfg: DictConfig) -> float:
-    """Validate, load, pretrain (or reuse), run the stages, print the summary."""
+def run_experiment(cfg: DictConfig, tracker: RemoteTracker | None = None) -> float:
+    """Validate, load, pretrain (or reuse), run the stages, print the summary.
+
+    `tracker`: a tracking process started before TensorFlow loaded (see `__main__`).
+    """
+    try:
+        return run_tracked(cfg, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def run_tracked(cfg: DictConfig, tracker: RemoteTracker | None) -> float:
     config: Config = OmegaConf.to_object(cfg)
     check_config(config)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     configure_runtime(config)
     task = load_task(config.dataset, config.seed)
+    if tracker is not None:
+        tracker.prepare()  # the input is valid: the store may be created
     if distributed_worker():
         from pipeline.search_stage import run_worker
 
         return run_worker(config, task, config_hash(resolved))
-    tracker = open_tracker(config.tracking)
+    tracker = tracker or open_tracker(config)
     progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
     with tracker.experiment_run(name, parent_tags(config, resolved)):

@@ -18,13 +18,13 @@ from typing import Protocol
 import keras
 
 from pipeline.backbones import build_backbone
-from pipeline.config import BackboneConfig
+from pipeline.config import BACKBONE_WEIGHTS_FILE, BackboneConfig
 from pipeline.data import batches, load_source_task
 from pipeline.model import build_head, compile_classifier, fit, stack
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "backbone.weights.h5"
+WEIGHTS_FILE = BACKBONE_WEIGHTS_FILE
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ RUNNING. Training code never imports mlflow: it gets `callbacks(stage)` from her
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import socket
@@ -16,14 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-import keras
 import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline.config import TrackingConfig
-from pipeline.pretrain import WEIGHTS_FILE
+from pipeline.config import BACKBONE_WEIGHTS_FILE, TrackingConfig
 from pipeline.secrets import redact_text, redact_tree, redact_value
 from pipeline.store import prepare_store, resolve_uri
 
@@ -32,8 +31,8 @@ log = logging.getLogger(__name__)
 ERROR_TAG_LIMIT = 5000
 
 
-class MetricsCallback(keras.callbacks.Callback):
-    """Logs every epoch's metrics (step = epoch) to the active MLflow run, never per batch.
+class MetricsBuffer:
+    """Every epoch's metrics (step = epoch) for the active MLflow run, never per batch.
 
     Epochs of a small model take milliseconds while a store write takes several: the metrics are
     written in one batch at most every `flush_s` seconds and when training ends, so the UI stays
@@ -41,21 +40,17 @@ class MetricsCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, client: MlflowClient, flush_s: float):
-        super().__init__()
         self.client = client
         self.flush_s = flush_s
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def add(self, epoch: int, metrics: dict[str, float]) -> None:
         now_ms = int(time.time() * 1000)
-        for name, value in (logs or {}).items():
+        for name, value in metrics.items():
             self.pending.append(Metric(name, float(value), now_ms, epoch))
         if time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self.flush()
 
     def flush(self) -> None:
         if self.pending:
@@ -65,9 +60,23 @@ class MetricsCallback(keras.callbacks.Callback):
         self.last_flush = time.monotonic()
 
 
+# The process whose death orphans the runs: this one, or the one a tracking process serves.
+OWNER_PID = os.getpid()
+
+
 def process_tags() -> dict[str, str]:
     """Who is running this run: lets a later invocation tell an orphan from a live run."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+    return {"host": socket.gethostname(), "pid": str(OWNER_PID)}
+
+
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's run-context providers would add. Resolving them costs ~0.1 s a run
+    (a git repository lookup), and the commit is tagged by the pipeline already."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": "pipeline", "mlflow.source.type": "LOCAL"}
 
 
 def process_alive(pid: int) -> bool:
@@ -78,6 +87,18 @@ def process_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
+
+class Orphaned(Exception):
+    """The process that ran the run died without ending it."""
+
+
+def orphan_message(pid: int | str) -> str:
+    return f"orphaned: process {pid} died"
+
+
+def error_tag(error: BaseException) -> str:
+    return str(error) if isinstance(error, Orphaned) else f"{type(error).__name__}: {error}"
 
 
 def mark_orphans(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
@@ -92,7 +113,7 @@ def mark_orphans(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
         if tags.get("host") != host or not tags.get("pid", "").isdigit():
             continue
         if not process_alive(int(tags["pid"])):
-            client.set_tag(run.info.run_id, "error", f"orphaned: process {tags['pid']} died")
+            client.set_tag(run.info.run_id, "error", orphan_message(tags["pid"]))
             client.set_terminated(run.info.run_id, "FAILED")
             orphans.append(run.info.run_id)
     if orphans:
@@ -100,11 +121,30 @@ def mark_orphans(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
     return orphans
 
 
+def start_run(
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> mlflow.ActiveRun:
+    """`mlflow.start_run`, creating a new run with explicit tags instead of resolved ones."""
+    tags = {**(tags or {}), **process_tags()}
+    if run_id is not None:  # reopening a run (a resumed search)
+        return mlflow.start_run(run_id=run_id, nested=nested, tags=tags)
+    parent = mlflow.active_run() if nested else None
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent.info.run_id
+    created = MlflowClient().create_run(
+        experiment_id, run_name=run_name, tags={**source_tags(), **tags}
+    )
+    return mlflow.start_run(run_id=created.info.run_id, nested=nested)
+
+
 @contextmanager
 def tracked_run(**start_kwargs) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, KILLED on Ctrl-C/SIGTERM, or FAILED with an `error` tag."""
-    start_kwargs["tags"] = {**start_kwargs.get("tags", {}), **process_tags()}
-    run = mlflow.start_run(**start_kwargs)
+    run = start_run(**start_kwargs)
     try:
         yield run
     except KeyboardInterrupt:
@@ -112,7 +152,7 @@ def tracked_run(**start_kwargs) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
+        mlflow.set_tag("error", error_tag(error)[:ERROR_TAG_LIMIT])
         mlflow.end_run("FAILED")
         raise
     else:
@@ -136,7 +176,9 @@ class MlflowWeightsStore:
         if not runs:
             return None
         run_id = runs[0].info.run_id
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_FILE)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=BACKBONE_WEIGHTS_FILE
+        )
         return Path(local), run_id
 
     def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
@@ -200,8 +242,15 @@ class Tracker:
             experiment_id=self.experiment_id, run_name=stage, nested=True, tags={"stage": stage}
         )
 
-    def callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
-        return [MetricsCallback(self.client, self.cfg.metrics_flush_s)]
+    def callbacks(self, stage: str) -> list:
+        from pipeline.callbacks import MetricsCallback  # Keras only where training happens
+
+        return [MetricsCallback(self.metrics_buffer())]
+
+    def metrics_buffer(self) -> MetricsBuffer:
+        return MetricsBuffer(self.client, self.cfg.metrics_flush_s)
+
+    def close(self) -> None: ...
 
     def log_config(self, resolved: dict) -> None:
         """The resolved config as flattened params and as `config.yaml`, secrets masked."""
@@ -218,8 +267,12 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
 
-    def log_figure(self, figure, name: str) -> None:
-        mlflow.log_figure(figure, name)
+    def log_learning_curve(self, history: dict[str, list[float]], stage: str, best_epoch: int):
+        from pipeline.plots import close, learning_curve  # matplotlib only when it is logged
+
+        figure = learning_curve(history, stage, best_epoch)
+        mlflow.log_figure(figure, f"learning_curve_{stage}.png")
+        close(figure)
 
     def run_id(self) -> str:
         return mlflow.active_run().info.run_id

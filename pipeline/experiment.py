@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import keras
@@ -140,15 +142,25 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
     return fine_tune(ctx, done["feature_extraction"])
 
 
-def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
+def run_stages(ctx: StageContext, pretrained: Callable[[], keras.Model], tracker):
     """Each configured stage in its own child run; fine-tuning continues feature extraction.
 
+    The pretrained backbone is fetched (or pretrained) only when feature extraction needs it,
+    after the scratch baseline: a tracking process has the store ready by then.
     A stage that fails ends its run FAILED and the stages that do not depend on it still run.
-    Returns the (result, run id) rows of the stages that finished and the errors of the others.
+    Returns the results of the stages that finished and the errors of the others.
     """
     done: dict[str, StageResult] = {}
     rows, failures = [], {}
+    backbone = None
     for stage in ctx.cfg.stages:
+        if stage == "feature_extraction":
+            try:  # tagged on the parent run, before the stage's own run starts
+                backbone = pretrained()
+            except Exception as error:
+                failures[stage] = f"pretrained backbone: {type(error).__name__}: {error}"
+                log.error("stage %s failed: %s", stage, failures[stage])
+                continue
         if stage == "fine_tune" and "feature_extraction" not in done:
             failures[stage] = "not run: feature_extraction failed"
             continue
@@ -165,7 +177,7 @@ def run_stages(ctx: StageContext, backbone: keras.Model, tracker):
             with tracker.stage_run(stage):
                 result = run_stage(stage, ctx, backbone, done)
                 log_stage(tracker, result)
-                rows.append((result, tracker.run_id()))
+                rows.append(result)
         except Exception as error:
             failures[stage] = f"{type(error).__name__}: {error}".splitlines()[0]
             log.error("stage %s failed: %s", stage, failures[stage])
@@ -204,11 +216,13 @@ def run_tracked(cfg: DictConfig, tracker: RemoteTracker | None) -> float:
     with tracker.experiment_run(name, parent_tags(config, resolved)):
         tracker.log_config(resolved)
         log_skipped_files(tracker, task.skipped_files)
-        backbone = backbone_for_transfer(config, task.input_shape, tracker, progress_bar)
         ctx = StageContext(config, task, tracker.callbacks, progress_bar)
-        rows, failures = run_stages(ctx, backbone, tracker)
-        tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r, _ in rows})
-        print(summary_table(rows, tracker.run_id(), tracker.ui_command()))
+        pretrained = partial(backbone_for_transfer, config, task.input_shape, tracker, progress_bar)
+        rows, failures = run_stages(ctx, pretrained, tracker)
+        tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r in rows})
+        ids = tracker.run_ids()
+        table = [(result, ids.get(result.stage, "-")) for result in rows]
+        print(summary_table(table, ids.get("parent", "-"), tracker.ui_command()))
         if failures:
             raise StagesFailed("; ".join(f"{s}: {e}" for s, e in failures.items()))
-    return rows[-1][0].best_val_accuracy
+    return rows[-1].best_val_accuracy

@@ -229,18 +229,31 @@ class Tracker:
         backbones = self.client.get_experiment_by_name(cfg.backbone_experiment)
         self.backbone_experiment_id = backbones.experiment_id
         mark_orphans(self.client, [self.experiment_id])
+        self.ids: dict[str, str] = {}
 
     def weights_store(self) -> MlflowWeightsStore:
         return MlflowWeightsStore(self.client, self.backbone_experiment_id)
 
     def experiment_run(self, name: str, tags: dict[str, str]):
         tags = {key: redact_value(key, value) for key, value in tags.items()}
-        return tracked_run(experiment_id=self.experiment_id, run_name=name, tags=tags)
+        run = tracked_run(experiment_id=self.experiment_id, run_name=name, tags=tags)
+        return self.remembered("parent", run)
 
     def stage_run(self, stage: str):
-        return tracked_run(
+        run = tracked_run(
             experiment_id=self.experiment_id, run_name=stage, nested=True, tags={"stage": stage}
         )
+        return self.remembered(stage, run)
+
+    @contextmanager
+    def remembered(self, key: str, run):
+        """Keep the run's id under `key` ("parent" or the stage) for the summary table."""
+        with run as active:
+            self.ids[key] = active.info.run_id
+            yield active
+
+    def run_ids(self) -> dict[str, str]:
+        return dict(self.ids)
 
     def callbacks(self, stage: str) -> list:
         from pipeline.callbacks import MetricsCallback  # Keras only where training happens
@@ -273,9 +286,6 @@ class Tracker:
         figure = learning_curve(history, stage, best_epoch)
         mlflow.log_figure(figure, f"learning_curve_{stage}.png")
         close(figure)
-
-    def run_id(self) -> str:
-        return mlflow.active_run().info.run_id
 
     def ui_command(self) -> str:
         if urlparse(self.uri).scheme == "sqlite":

@@ -16,21 +16,23 @@ ends its open runs FAILED (tagged `error: orphaned: ...`) before it exits.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from functools import cached_property
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-CLOSE_TIMEOUT_S = 30
 
 
 class RemoteError(Exception):
@@ -63,43 +65,57 @@ class RemoteTracker:
 
     def __init__(self, cfg: TrackingConfig):
         self.cfg = cfg
-        context = multiprocessing.get_context("spawn")
-        self.pipe, theirs = context.Pipe()
-        self.process = context.Process(
-            target=serve, args=(theirs, asdict(cfg), os.getpid()), name="mlflow", daemon=True
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        arguments = json.dumps({"cfg": asdict(cfg), "owner_pid": os.getpid()})
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.tracking_process",
+            str(to_child),
+            str(from_child),
+        ]
+        # A plain subprocess, not multiprocessing: nothing joins it at exit, so its interpreter
+        # teardown (about a second, after its last write) never delays the experiment.
+        self.process = subprocess.Popen(
+            [*command, arguments], pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL
         )
-        self.process.start()
-        theirs.close()
+        os.close(to_child)
+        os.close(from_child)
+        self.outbox = Connection(from_parent, readable=False)
+        self.inbox = Connection(to_parent, writable=False)
 
     def call(self, method: str, *args, wait: bool = True):
-        self.pipe.send((method, args, wait))
+        self.outbox.send((method, args, wait))
         if not wait:
             return None
-        ok, value = self.pipe.recv()
+        ok, value = self.inbox.recv()
         if not ok:
             raise value
         return value
 
     @contextmanager
-    def _run(self, method: str, *args):
-        self.call(method, *args)
+    def _run(self, method: str, *args, wait: bool):
+        """Stage runs begin and end without waiting: a stage boundary costs no round trip. The
+        experiment's run waits, so a store that fails is reported before any training."""
+        self.call(method, *args, wait=wait)
         try:
             yield None
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt)
-            self.call("exit_run", type(error).__name__, str(error), interrupted)
+            self.call("exit_run", type(error).__name__, str(error), interrupted, wait=True)
             raise
-        self.call("exit_run", None, None, False)
+        self.call("exit_run", None, None, False, wait=wait)
 
     def prepare(self) -> None:
         """Open the store now that the config and the data are known to be valid."""
         self.call("prepare", wait=False)
 
     def experiment_run(self, name: str, tags: dict[str, str]):
-        return self._run("enter_experiment", name, tags)
+        return self._run("enter_experiment", name, tags, wait=True)
 
     def stage_run(self, stage: str):
-        return self._run("enter_stage", stage)
+        return self._run("enter_stage", stage, wait=False)
 
     def callbacks(self, stage: str) -> list:
         from pipeline.callbacks import MetricsCallback
@@ -124,19 +140,19 @@ class RemoteTracker:
     def log_learning_curve(self, history: dict[str, list[float]], stage: str, best_epoch: int):
         self.call("log_learning_curve", history, stage, best_epoch, wait=False)
 
-    def run_id(self) -> str:
-        return self.call("run_id")
+    def run_ids(self) -> dict[str, str]:
+        return self.call("run_ids")
 
     def ui_command(self) -> str:
         return self.call("ui_command")
 
     def close(self) -> None:
-        """Let the tracking process finish what it was sent, then end it."""
-        if self.process.is_alive():
+        """Wait until the tracking process has written everything it was sent."""
+        if self.process.poll() is None:
             with suppress(EOFError, OSError):  # the tracking process is gone already
                 self.call("close")
-            self.process.join(CLOSE_TIMEOUT_S)
-        self.pipe.close()
+        self.outbox.close()
+        self.inbox.close()
 
 
 class RemoteEpochs:
@@ -248,7 +264,7 @@ def portable(error: Exception) -> Exception:
     return RemoteError(f"{type(error).__name__}: {error}")
 
 
-def serve(pipe, cfg: dict, owner_pid: int) -> None:
+def serve(inbox: Connection, outbox: Connection, cfg: dict, owner_pid: int) -> None:
     """The tracking process: answer calls until `close` or until the experiment is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the experiment reports interruptions
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -259,13 +275,13 @@ def serve(pipe, cfg: dict, owner_pid: int) -> None:
         failure = portable(error)
     while True:
         try:
-            method, args, wait = pipe.recv()
+            method, args, wait = inbox.recv()
         except (EOFError, OSError):  # the experiment died
             if served is not None:
                 served.orphaned()
             return
         if method == "close":
-            pipe.send((True, None))
+            outbox.send((True, None))  # every write was synchronous: all is in the store
             return
         try:
             if failure is not None:
@@ -275,5 +291,18 @@ def serve(pipe, cfg: dict, owner_pid: int) -> None:
             failure = failure or portable(error)
             value = None
         if wait:
-            pipe.send((failure is None, value if failure is None else failure))
+            outbox.send((failure is None, value if failure is None else failure))
             failure = None if served is not None else failure
+
+
+if __name__ == "__main__":  # started by RemoteTracker: <read fd> <write fd> <json arguments>
+    logging.basicConfig(level=logging.WARNING)
+    arguments = json.loads(sys.argv[3])
+    from pipeline import tracking_process  # errors pickled as this module's, not __main__'s
+
+    tracking_process.serve(
+        Connection(int(sys.argv[1]), writable=False),
+        Connection(int(sys.argv[2]), readable=False),
+        arguments["cfg"],
+        arguments["owner_pid"],
+    )

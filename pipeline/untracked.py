@@ -51,8 +51,8 @@ class NullTracker:
 
     def close(self) -> None: ...
 
-    def run_id(self) -> str:
-        return "-"
+    def run_ids(self) -> dict[str, str]:
+        return {}
 
     def ui_command(self) -> str:
         return "tracking was off (tracking=off): nothing was logged"

@@ -31,7 +31,7 @@ def test_logged_params_tags_and_config_artifact_carry_no_secret(store_uri, clien
     tags = {"command": "python -m pipeline tracking.uri=https://alice:s3cr3t@host"}
     with tracker.experiment_run("secret-test", tags):
         tracker.log_config(resolved)
-        run_id = tracker.run_id()
+        run_id = tracker.run_ids()["parent"]
     run = client.get_run(run_id)
     logged = [*run.data.params.values(), *run.data.tags.values()]
     config_yaml = client.download_artifacts(run_id, "config.yaml")

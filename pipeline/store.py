@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def check_reachable(uri: str) -> None:
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created (artifacts pinned beside the store) if missing."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -81,6 +84,8 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
 
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
     """Create the store's tables and experiments once, so parallel jobs do not race on them."""
+    from mlflow.tracking import MlflowClient
+
     check_reachable(uri)
     client = MlflowClient(uri)
     for name in experiment_names:

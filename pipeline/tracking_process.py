@@ -16,6 +16,7 @@ ends its open runs FAILED (tagged `error: orphaned: ...`) before it exits.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import multiprocessing
@@ -23,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from functools import cached_property
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import ConfigError
+from pipeline.store import check_reachable, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +98,29 @@ class RemoteTracker:
         return value
 
     @contextmanager
-    def _run(self, method: str, *args, wait: bool):
-        """Stage runs begin and end without waiting: a stage boundary costs no round trip. The
-        experiment's run waits, so a store that fails is reported before any training."""
-        self.call(method, *args, wait=wait)
+    def _run(self, method: str, *args, wait_on_exit: bool):
+        """Runs begin without waiting, and stage runs end without waiting: a stage boundary costs
+        no round trip. (An unreachable server was reported by `prepare` already.)"""
+        self.call(method, *args, wait=False)
         try:
             yield None
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt)
             self.call("exit_run", type(error).__name__, str(error), interrupted, wait=True)
             raise
-        self.call("exit_run", None, None, False, wait=wait)
+        self.call("exit_run", None, None, False, wait=wait_on_exit)
 
     def prepare(self) -> None:
-        """Open the store now that the config and the data are known to be valid."""
+        """Open the store now that the config and the data are known to be valid. A server that
+        does not answer is reported here, in this process, before any training."""
+        check_reachable(resolve_uri(self.cfg.uri))
         self.call("prepare", wait=False)
 
     def experiment_run(self, name: str, tags: dict[str, str]):
-        return self._run("enter_experiment", name, tags, wait=True)
+        return self._run("enter_experiment", name, tags, wait_on_exit=True)
 
     def stage_run(self, stage: str):
-        return self._run("enter_stage", stage, wait=False)
+        return self._run("enter_stage", stage, wait_on_exit=False)
 
     def callbacks(self, stage: str) -> list:
         from pipeline.callbacks import MetricsCallback
@@ -203,6 +208,8 @@ class Served:
 
     def prepare(self) -> None:
         _ = self.tracker
+        # matplotlib, for the learning curves, loads while the first stage trains
+        threading.Thread(target=importlib.import_module, args=("pipeline.plots",)).start()
 
     def enter_experiment(self, name: str, tags: dict[str, str]) -> None:
         self.enter(self.tracker.experiment_run(name, tags))

@@ -7,7 +7,6 @@ mistake comes back as one line that names the key or option and what is allowed.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import fields, is_dataclass
 from typing import get_type_hints
@@ -21,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import Config
+from pipeline.guard import full_errors
 
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
 
@@ -108,7 +108,7 @@ def exit_if_invalid(argv: list[str]) -> None:
 
     HYDRA_FULL_ERROR=1 leaves the report to Hydra, with its traceback.
     """
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    if full_errors():
         return
     problem = check_composition(argv)
     if problem:

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -191,10 +191,12 @@ class MlflowWeightsStore:
         try:
             flat = flatten({"backbone": backbone, "seed": recipe["seed"]})
             flat["input_shape"] = str(recipe["input_shape"])
-            for key, value in flat.items():
-                self.client.log_param(run_id, key, value)
-            for key, value in metrics.items():
-                self.client.log_metric(run_id, key, value)
+            now_ms = int(time.time() * 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(key, value, now_ms, 0) for key, value in metrics.items()],
+                params=[Param(key, str(value)) for key, value in flat.items()],
+            )
             self.client.log_artifact(run_id, str(weights_file))
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")

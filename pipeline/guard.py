@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable
 
@@ -23,11 +22,6 @@ from pipeline.errors import ConfigError
 log = logging.getLogger(__name__)
 
 EXIT_ERROR, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
-
-
-def raise_keyboard_interrupt(signum: int, frame) -> None:
-    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: runs end KILLED, not RUNNING."""
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def in_sweep() -> bool:
@@ -48,7 +42,6 @@ def fail(message: str, code: int) -> float:
 
 def run_guarded(job: Callable[[], float]) -> float:
     """Run `job`, turning its failure into one line and an exit code."""
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         return job()
     except ConfigError as error:

@@ -13,6 +13,8 @@ from hydra.types import RunMode
 from pipeline import PROJECT_ROOT
 
 UNTRACKED_KEYS = ("tracking",)  # where results go does not change what they are
+# Where a run writes, not what it computes: left out of the variant (with the seed).
+OUTPUT_KEYS = (("search", "directory"), ("search", "worker_wait_s"))
 
 
 def git_commit() -> str:
@@ -39,6 +41,16 @@ def config_hash(resolved: dict) -> str:
     """A short hash of everything that decides the numbers (the resolved config minus tracking)."""
     meaningful = {k: v for k, v in resolved.items() if k not in UNTRACKED_KEYS}
     return hashlib.sha256(json.dumps(meaningful, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def variant_hash(resolved: dict) -> str:
+    """A short hash of the configuration without its seed and without where it writes: runs of
+    one variant over several seeds share it (the samples of a study)."""
+    variant = {k: v for k, v in resolved.items() if k not in (*UNTRACKED_KEYS, "seed")}
+    for group, key in OUTPUT_KEYS:
+        if isinstance(variant.get(group), dict):
+            variant[group] = {k: v for k, v in variant[group].items() if k != key}
+    return hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def hydra_tags() -> dict[str, str]:

@@ -23,10 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import keras
 import keras_tuner
+from hydra.utils import instantiate
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline.backbones import block_map
@@ -39,11 +39,16 @@ from pipeline.model import (
     save_weights_atomically,
     unfreeze_top,
 )
+from pipeline.search_records import (
+    CHECKPOINT,
+    HYPERPARAMETERS,
+    SearchOutcome,
+    TrialObserver,
+    TrialRecord,
+)
 
 log = logging.getLogger(__name__)
 
-HYPERPARAMETERS = ("unfreeze_blocks", "learning_rate")  # = config keys = MLflow param names
-CHECKPOINT = "feature_extraction.weights.h5"
 EVAL_BATCH = 256
 ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
@@ -60,54 +65,6 @@ def role() -> str:
 
 def tuner_id() -> str:
     return os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial, in plain values: what it tried and how it ended."""
-
-    trial_id: str
-    status: str  # keras-tuner's: COMPLETED | FAILED | INVALID | RUNNING
-    values: dict[str, object]
-    score: float | None
-    best_step: int | None
-    message: str | None  # the traceback of a failed trial
-
-    @property
-    def error(self) -> str | None:
-        """The last line of the traceback: `ExceptionType: message`."""
-        lines = [line for line in (self.message or "").splitlines() if line.strip()]
-        return lines[-1].strip() if lines else None
-
-
-@dataclass(frozen=True)
-class SearchOutcome:
-    best: TrialRecord | None  # None: no trial completed
-    trials: list[TrialRecord]
-    directory: Path
-
-
-class TrialObserver(Protocol):
-    """Watches trials (tracking lives behind it); all methods are called in the trial's process."""
-
-    def trial_started(self, trial_id: str, values: dict[str, object]) -> None: ...
-
-    def callbacks(self, trial_id: str, execution: int) -> list[keras.callbacks.Callback]: ...
-
-    def trial_ended(self, record: TrialRecord) -> None: ...
-
-    def interrupted(self, error: BaseException) -> None: ...
-
-
-class NullObserver:
-    def trial_started(self, trial_id: str, values: dict[str, object]) -> None: ...
-
-    def callbacks(self, trial_id: str, execution: int) -> list[keras.callbacks.Callback]:
-        return []
-
-    def trial_ended(self, record: TrialRecord) -> None: ...
-
-    def interrupted(self, error: BaseException) -> None: ...
 
 
 @dataclass
@@ -203,7 +160,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         blocks, rate = self.setup.cfg.unfreeze_blocks, self.setup.cfg.learning_rate
         top = self.setup.block_count if blocks.max is None else blocks.max
         hp.Int("unfreeze_blocks", blocks.min, top)
-        hp.Float("learning_rate", rate.min, rate.max, step=rate.step, sampling=rate.sampling)
+        hp.Float("learning_rate", rate.min, rate.max, step=rate.step, sampling=str(rate.sampling))
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         model = self.setup.build_classifier()
@@ -350,34 +307,25 @@ def record_of(trial, score: float | None = None) -> TrialRecord:
     )
 
 
+class CappedHyperbandOracle(keras_tuner.oracles.HyperbandOracle):
+    """keras-tuner's Hyperband with `max_trials` as a cap on the whole budget (None: every
+    bracket), so that every search option takes the same `search.max_trials`."""
+
+    def __init__(self, max_trials: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_trials = max_trials
+
+
 def make_oracle(cfg: SearchConfig, seed: int) -> keras_tuner.Oracle:
-    direction = "min" if cfg.objective.endswith("loss") else "max"
-    common = {
-        "objective": keras_tuner.Objective(cfg.objective, direction),
-        "seed": seed + 1,  # keras-tuner takes seed 0 for "no seed"
-        "max_retries_per_trial": cfg.max_retries_per_trial,
-        "max_consecutive_failed_trials": cfg.max_consecutive_failed_trials,
-    }
-    oracles = keras_tuner.oracles
-    if cfg.tuner == "random":
-        return oracles.RandomSearchOracle(max_trials=cfg.max_trials, **common)
-    if cfg.tuner == "grid":
-        return oracles.GridSearchOracle(max_trials=cfg.max_trials, **common)
-    if cfg.tuner == "bayesian":
-        bayes = cfg.bayesian
-        return oracles.BayesianOptimizationOracle(
-            max_trials=cfg.max_trials,
-            num_initial_points=bayes.num_initial_points,
-            alpha=bayes.alpha,
-            beta=bayes.beta,
-            **common,
-        )
-    band = cfg.hyperband
-    oracle = oracles.HyperbandOracle(
-        max_epochs=cfg.epochs, factor=band.factor, hyperband_iterations=band.iterations, **common
+    """The oracle that `search.oracle` names (`_target_`), with the arguments every one takes."""
+    direction = "min" if cfg.objective == "val_loss" else "max"
+    return instantiate(
+        cfg.oracle,
+        objective=keras_tuner.Objective(str(cfg.objective), direction),
+        seed=seed + 1,  # keras-tuner takes seed 0 for "no seed"
+        max_retries_per_trial=cfg.max_retries_per_trial,
+        max_consecutive_failed_trials=cfg.max_consecutive_failed_trials,
     )
-    oracle.max_trials = cfg.max_trials  # a cap on the whole budget; None: every bracket
-    return oracle
 
 
 def make_tuner(setup: SearchSetup, observer: TrialObserver) -> TransferTuner:

@@ -4,7 +4,7 @@ Locally or as the distributed chief: save the feature-extraction checkpoint, run
 `search` run (a fresh one, or the unfinished one of the same config, resumed) and return the best
 trial. As a distributed worker: attach to the chief's search run, fetch its checkpoint and run
 trials until the chief's oracle says stop. Keras Tuner lives in search.py, MLflow in
-search_tracking.py.
+pipeline/tracking/ (through the Tracker Protocol only).
 """
 
 from __future__ import annotations
@@ -14,41 +14,21 @@ import logging
 import math
 import os
 import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import mlflow
 from hydra.core.hydra_config import HydraConfig
 
 from pipeline.backbones import block_count, build_backbone
 from pipeline.config import Config, SearchConfig
 from pipeline.data import TaskData, augmenting
-from pipeline.errors import ConfigError, SearchError
 from pipeline.model import build_head, save_weights_atomically, stack
-from pipeline.search import (
-    CHECKPOINT,
-    HYPERPARAMETERS,
-    NullObserver,
-    SearchSetup,
-    TrialRecord,
-    require_best,
-    role,
-    run_search,
-    tuner_id,
-)
-from pipeline.search_tracking import (
-    TrialRuns,
-    close_stale_trials,
-    log_search_summary,
-    resumable_search,
-    resume_tags,
-    search_params,
-    wait_for_chief,
-)
+from pipeline.search import SearchSetup, require_best, role, run_search, tuner_id
+from pipeline.search_records import CHECKPOINT, HYPERPARAMETERS, TrialRecord
 from pipeline.stages import StageContext, StageResult, fine_tune
-from pipeline.tracking import Tracker, tracked_run
+from pipeline.tracking import Tracker
+from pipeline.tracking.flat import flatten
 
 log = logging.getLogger(__name__)
 
@@ -97,116 +77,73 @@ def make_setup(cfg: Config, task: TaskData, directory: Path) -> SearchSetup:
     )
 
 
-def search_run(tracker, previous, config_hash: str):
-    """The search's MLflow run: resumed when `previous` is given, else a new child run."""
-    if not tracker.enabled:
-        return nullcontext()
-    if previous is not None:
-        tags = resume_tags(previous, mlflow.active_run().info.run_id)
-        return tracked_run(run_id=previous.info.run_id, nested=True, tags=tags)
-    tags = {"stage": "search", "config_hash": config_hash, "search_state": "running"}
-    return tracked_run(
-        experiment_id=tracker.experiment_id, run_name="search", nested=True, tags=tags
-    )
+UNSET_PARAMS = ("directory", "worker_wait_s", "oracle")  # where and how, not the search's identity
 
 
-def start_fresh(setup: SearchSetup, extracted: StageResult, tracker) -> None:
+def search_params(cfg: SearchConfig, block_count: int) -> dict[str, object]:
+    """Tuner, space and budget as flat params (`unfreeze_blocks.max` resolved to a number)."""
+    plain = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNSET_PARAMS}
+    if plain["unfreeze_blocks"]["max"] is None:
+        plain["unfreeze_blocks"]["max"] = block_count
+    return {k: str(v) for k, v in flatten(plain).items()}
+
+
+def start_fresh(setup: SearchSetup, extracted: StageResult, tracker: Tracker) -> None:
     """Checkpoint the feature-extraction model where every trial (and worker) finds it."""
     setup.directory.mkdir(parents=True, exist_ok=True)
     save_weights_atomically(extracted.model, setup.checkpoint)
-    if tracker.enabled:
-        mlflow.log_params(search_params(setup.cfg, setup.block_count))
-        mlflow.set_tags({"search_dir": str(setup.directory.resolve()), "tuner": setup.cfg.tuner})
-        mlflow.log_artifact(str(setup.checkpoint))
+    tracker.log_params(search_params(setup.cfg, setup.block_count))
+    tracker.set_tags({"search_dir": str(setup.directory.resolve()), "tuner": str(setup.cfg.tuner)})
+    tracker.log_artifact(setup.checkpoint)
 
 
-def resume(previous, tracker) -> Path:
-    directory = Path(previous.data.tags["search_dir"])
-    log.info("resuming search run %s from %s", previous.info.run_id, directory)
-    if "error" in previous.data.tags:
-        tracker.client.delete_tag(previous.info.run_id, "error")
-    close_stale_trials(tracker.client, tracker.experiment_id, previous.info.run_id)
-    return directory
-
-
-def search_stage(ctx: StageContext, extracted: StageResult, tracker) -> SearchChoice:
+def search_stage(
+    ctx: StageContext, extracted: StageResult, tracker: Tracker, config_hash: str
+) -> SearchChoice:
     """Search (or resume the search of) the fine-tuning depth and rate; the best trial."""
     cfg = ctx.cfg
-    config_hash = mlflow.active_run().data.tags["config_hash"] if tracker.enabled else ""
-    previous = (
-        resumable_search(tracker.client, tracker.experiment_id, config_hash)
-        if tracker.enabled and role() != "worker"
-        else None
-    )
-    with search_run(tracker, previous, config_hash):
+    previous = tracker.resumable_search(config_hash) if role() != "worker" else None
+    with tracker.search_run(config_hash, previous) as run_id:
         if previous is not None:
-            directory = resume(previous, tracker)
+            directory = Path(previous.tags["search_dir"])
+            log.info("resuming search run %s from %s", run_id, directory)
         else:
             directory = Path(cfg.search.directory) if cfg.search.directory else default_directory()
         setup = make_setup(cfg, ctx.task, directory)
         if previous is None:
             start_fresh(setup, extracted, tracker)
-        best = search_in_run(setup, ctx.task, tracker)
-        run_id = mlflow.active_run().info.run_id if tracker.enabled else "-"
+        best = search_in_run(setup, ctx.task, tracker, run_id)
     return SearchChoice(best, setup.checkpoint, run_id)
 
 
-def search_in_run(setup: SearchSetup, task: TaskData, tracker) -> TrialRecord:
-    """Run the tuner inside the active search run; summary logged even when every trial failed."""
-    observer = NullObserver()
-    if tracker.enabled:
-        if role() == "chief":
-            mlflow.set_tag("oracle_address", oracle_address())  # workers attach once this is set
-        observer = trial_runs(tracker, mlflow.active_run().info.run_id, setup.cfg)
+def search_in_run(setup: SearchSetup, task: TaskData, tracker: Tracker, run_id: str) -> TrialRecord:
+    """Run the tuner inside the open search run; summary logged even when every trial failed."""
+    if role() == "chief":
+        tracker.set_tags({"oracle_address": oracle_address()})  # workers attach once this is set
+    observer = tracker.trial_observer(run_id, setup.cfg)
     outcome = run_search(setup, observer, task.train, task.val)
-    if tracker.enabled:
-        log_search_summary(outcome, setup.cfg.objective)
+    tracker.log_search_outcome(outcome, str(setup.cfg.objective))
     try:
         best = require_best(outcome, setup.cfg)
-    except SearchError:
-        if tracker.enabled:
-            mlflow.set_tag("search_state", "failed")
+    except Exception:
+        tracker.set_tags({"search_state": "failed"})
         raise
-    if tracker.enabled:
-        mlflow.set_tag("search_state", "done")
+    tracker.set_tags({"search_state": "done"})
     return best
-
-
-def trial_runs(tracker, search_run_id: str, cfg: SearchConfig) -> TrialRuns:
-    """An MLflow run per trial under the search run."""
-    sync = not tracker.cfg.async_logging
-    runs = TrialRuns(tracker.client, tracker.experiment_id, search_run_id, cfg.objective, sync)
-    runs.executions = cfg.executions_per_trial
-    return runs
 
 
 def oracle_address() -> str:
     return f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
 
 
-def run_worker(cfg: Config, task: TaskData, config_hash: str) -> float:
+def run_worker(cfg: Config, task: TaskData, config_hash: str, tracker: Tracker) -> float:
     """A distributed worker: trials under the chief's search run, from the chief's checkpoint."""
-    if not cfg.tracking.enabled:
-        raise ConfigError(
-            "tracking.enabled=false with KERASTUNER_ORACLE_IP set: distributed workers find the "
-            "chief's search run and checkpoint in MLflow; enable tracking (a shared store)"
-        )
-    tracker = Tracker(cfg.tracking)
-    chief = wait_for_chief(
-        tracker.client,
-        tracker.experiment_id,
-        config_hash,
-        oracle_address(),
-        cfg.search.worker_wait_s,
-    )
+    chief = tracker.chief_search(config_hash, oracle_address(), cfg.search.worker_wait_s)
     directory = Path(cfg.search.directory) if cfg.search.directory else default_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    mlflow.artifacts.download_artifacts(
-        run_id=chief.info.run_id, artifact_path=CHECKPOINT, dst_path=str(directory)
-    )
+    tracker.fetch_artifact(chief.run_id, CHECKPOINT, directory)
     setup = make_setup(cfg, task, directory)
-    observer = trial_runs(tracker, chief.info.run_id, cfg.search)
-    log.info("worker %s: trials of search run %s", tuner_id(), chief.info.run_id)
+    observer = tracker.trial_observer(chief.run_id, cfg.search)
+    log.info("worker %s: trials of search run %s", tuner_id(), chief.run_id)
     run_search(setup, observer, task.train, task.val)
     return math.nan  # the chief reports the search's objective
 

@@ -24,7 +24,7 @@ class PrepareStoreBeforeSweep(Callback):
         tracking = config.tracking
         if not tracking.enabled:
             return
-        from pipeline.store import prepare_store, resolve_uri
+        from pipeline.tracking.store import prepare_store, resolve_uri
 
         uri = resolve_uri(tracking.uri)
         prepare_store(uri, [tracking.experiment_name, tracking.backbone_experiment])

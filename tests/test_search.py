@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from pipeline import PROJECT_ROOT, search
 from pipeline.errors import ConfigError
 from pipeline.experiment import StagesFailed, run_experiment
-from pipeline.store import prepare_store
+from pipeline.tracking.store import prepare_store
 from pipeline.validation import check_config
 from tests.conftest import compose_config, run_cli, runs_by_stage
 

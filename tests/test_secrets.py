@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import yaml
+from omegaconf import OmegaConf
 
-from pipeline.secrets import redact_text, redact_tree
-from pipeline.tracking import Tracker
+from pipeline.tracking import open_tracker
+from pipeline.tracking.secrets import redact_text, redact_tree
 from tests.conftest import compose_config
 
 
@@ -26,12 +27,11 @@ def test_credentials_in_uris_and_secret_looking_keys_are_masked():
 
 def test_logged_params_tags_and_config_artifact_carry_no_secret(store_uri, client):
     cfg = compose_config([f"tracking.uri={store_uri}"])
-    tracker = Tracker(cfg.tracking)
     resolved = {"tracking": {"uri": "https://alice:s3cr3t@host"}, "dataset": {"api_key": "k-123"}}
     tags = {"command": "python -m pipeline tracking.uri=https://alice:s3cr3t@host"}
-    with tracker.experiment_run("secret-test", tags):
-        tracker.log_config(resolved)
-        run_id = tracker.run_ids()["parent"]
+    with open_tracker(OmegaConf.to_object(cfg).tracking) as tracker:
+        with tracker.experiment_run("secret-test", tags) as run_id:
+            tracker.log_config(resolved)
     run = client.get_run(run_id)
     logged = [*run.data.params.values(), *run.data.tags.values()]
     config_yaml = client.download_artifacts(run_id, "config.yaml")

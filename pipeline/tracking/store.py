@@ -82,6 +82,15 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return experiment.experiment_id
 
 
+def shut_down_async_logging(client: MlflowClient) -> None:
+    """Write what MLflow's asynchronous queue still holds and stop its threads.
+
+    MlflowClient has no public call for this; its store does (the one `log_batch(...,
+    synchronous=False)` queued to). Without it the queue's threads outlive the command.
+    """
+    client._tracking_client.store.shut_down_async_logging()
+
+
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
     """Create the store's tables and experiments once, so parallel jobs do not race on them."""
     from mlflow.tracking import MlflowClient

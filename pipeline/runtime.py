@@ -1,0 +1,61 @@
+"""Process-wide settings for one command, made once by the entry point and undone when it ends.
+
+Warnings, TensorFlow's logging, op determinism and the SIGTERM handler are global state: the
+entry point sets them here (never at import), and restores what was there before, so that a
+caller that runs a command in-process (a notebook, a test) gets its process back unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pipeline.config import Config
+
+
+def raise_keyboard_interrupt(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: runs end KILLED, not RUNNING."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def quiet_tensorflow_startup() -> None:
+    """TensorFlow's C++ start-up chatter hides the progress; warnings and errors still show.
+    Read by TensorFlow when it loads: call before importing it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextmanager
+def interrupts_unwind() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while the block runs; the old handler comes back after."""
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def configured(cfg: Config) -> Iterator[None]:
+    """Seeds, optional op determinism and quiet TensorFlow for the block, then as they were."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # the public API cannot undo it
+
+    level = tf.get_logger().level
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    with warnings.catch_warnings():
+        # Keras warns that fit's shuffle=True is ignored for tf.data: ours shuffle themselves.
+        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+        tf.get_logger().setLevel("ERROR")  # retracing notices from predicting on several splits
+        keras.utils.set_random_seed(cfg.seed)
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        try:
+            yield
+        finally:
+            tf.get_logger().setLevel(level)
+            if cfg.deterministic and not was_deterministic:
+                tf_config.disable_op_determinism()

@@ -1,0 +1,176 @@
+"""The `Tracker` Protocol on an MLflow store, in the experiment's own process.
+
+Every write is one of MLflow's asynchronous batches (pipeline/tracking/writer.py) except
+artifacts; a run waits for its pending writes before it ends, so a write that failed fails its
+own run. The client is given the store's URI: nothing relies on `mlflow.set_tracking_uri` or on
+MLflow's active-run stack, the tracker keeps its own stack of open runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from pipeline.config import SearchConfig, TrackingConfig
+from pipeline.errors import SearchError
+from pipeline.search_records import SearchOutcome
+from pipeline.tracking.flat import flatten
+from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
+from pipeline.tracking.query import RunRecord, StoreReader
+from pipeline.tracking.runs import create_run, end_run, error_tag, mark_orphans
+from pipeline.tracking.secrets import redact_text, redact_tree
+from pipeline.tracking.store import prepare_store, resolve_uri, shut_down_async_logging
+from pipeline.tracking.trials import TrialRuns, close_stale_trials, log_search_summary, reopen
+from pipeline.tracking.weights import MlflowWeightsStore
+from pipeline.tracking.writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+class MlflowTracker:
+    """The run tree of one invocation in an MLflow store."""
+
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+        self.uri = resolve_uri(cfg.uri)
+        self.client: MlflowClient | None = None
+        self.stack: list[str] = []  # open runs, innermost last
+        self.ids: dict[str, str] = {}
+
+    def __enter__(self) -> MlflowTracker:
+        """Open (and if needed create) the store; end the runs of dead processes FAILED."""
+        self.client = prepare_store(
+            self.uri, [self.cfg.experiment_name, self.cfg.backbone_experiment]
+        )
+        self.writer = Writer(self.client, synchronous=not self.cfg.async_logging)
+        self.experiment_id = self.client.get_experiment_by_name(
+            self.cfg.experiment_name
+        ).experiment_id
+        self.reader = StoreReader(self.client, [self.experiment_id])
+        mark_orphans(self.client, self.reader)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Everything queued is written and MLflow's logging threads are stopped."""
+        if self.client is not None:
+            shut_down_async_logging(self.client)
+
+    # the run tree
+    @contextmanager
+    def open_run(self, run_id: str, key: str | None) -> Iterator[str]:
+        """Run `run_id` as the innermost run until the block ends, then end it truthfully."""
+        self.stack.append(run_id)
+        if key is not None:
+            self.ids[key] = run_id
+        try:
+            yield run_id
+        except BaseException as error:
+            self.stack.pop()
+            try:
+                end_run(self.writer, run_id, error)
+            except Exception as ending:  # the store is failing too: the first error is the news
+                log.error("could not end run %s: %s", run_id, error_tag(ending))
+            raise
+        self.stack.pop()
+        failed_write = end_run(self.writer, run_id, None)
+        if failed_write is not None:
+            raise failed_write
+
+    def experiment_run(self, name: str, tags: dict[str, str]):
+        safe = {key: str(value) for key, value in redact_tree(tags).items()}
+        return self.open_run(create_run(self.client, self.experiment_id, name, safe), "parent")
+
+    def stage_run(self, stage: str):
+        run_id = create_run(
+            self.client, self.experiment_id, stage, {"stage": stage}, self.current()
+        )
+        return self.open_run(run_id, stage)
+
+    def search_run(self, config_hash: str, previous: RunRecord | None):
+        if previous is None:
+            tags = {"stage": "search", "config_hash": config_hash, "search_state": "running"}
+            run_id = create_run(self.client, self.experiment_id, "search", tags, self.current())
+        else:
+            run_id = previous.run_id
+            reopen(self.client, self.writer, previous, self.current())
+            close_stale_trials(self.writer, self.reader, run_id)
+        return self.open_run(run_id, "search")
+
+    def trial_observer(self, search_run_id: str, cfg: SearchConfig) -> TrialRuns:
+        return TrialRuns(self.writer, self.experiment_id, search_run_id, cfg)
+
+    def current(self) -> str:
+        if not self.stack:
+            raise RuntimeError("no open run: log inside experiment_run, stage_run or search_run")
+        return self.stack[-1]
+
+    # what goes into the innermost open run
+    def callbacks(self, stage: str) -> list:
+        buffer = MetricsBuffer(self.writer, self.current(), self.cfg.metrics_flush_s)
+        return [MetricsCallback(buffer)]
+
+    def log_config(self, resolved: dict) -> None:
+        safe = redact_tree(resolved)
+        self.writer.params(self.current(), flatten(safe))
+        self.writer.text(self.current(), OmegaConf.to_yaml(OmegaConf.create(safe)), "config.yaml")
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self.writer.params(self.current(), params)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.writer.final_metrics(self.current(), metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.writer.tags(self.current(), tags)
+
+    def log_artifact(self, path: Path) -> None:
+        self.writer.artifact(self.current(), path)
+
+    def log_learning_curve(self, history: dict[str, list[float]], stage: str, best_epoch: int):
+        from pipeline.plots import close, learning_curve  # matplotlib only when it is logged
+
+        figure = learning_curve(history, stage, best_epoch)
+        try:
+            self.writer.figure(self.current(), figure, f"learning_curve_{stage}.png")
+        finally:
+            close(figure)
+
+    def log_search_outcome(self, outcome: SearchOutcome, objective: str) -> None:
+        log_search_summary(self.writer, self.current(), outcome, objective)
+
+    # reading back
+    def weights_store(self) -> MlflowWeightsStore:
+        backbones = self.client.get_experiment_by_name(self.cfg.backbone_experiment)
+        return MlflowWeightsStore(self.client, backbones.experiment_id)
+
+    def resumable_search(self, config_hash: str) -> RunRecord | None:
+        return self.reader.resumable_search(config_hash, lambda d: bool(d) and Path(d).is_dir())
+
+    def chief_search(self, config_hash: str, address: str, wait_s: float) -> RunRecord:
+        found = self.reader.wait_for(lambda: self.reader.chief_search(config_hash, address), wait_s)
+        if found is None:
+            raise SearchError(
+                f"no chief search run for oracle {address} after {wait_s:.0f}s "
+                "(search.worker_wait_s): start the chief (KERASTUNER_TUNER_ID=chief) with the "
+                "same overrides and tracking.uri"
+            )
+        return found
+
+    def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+
+    # the summary
+    def run_ids(self) -> dict[str, str]:
+        return dict(self.ids)
+
+    def ui_command(self) -> str:
+        if urlparse(self.uri).scheme == "sqlite":
+            return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
+        return f"open {redact_text(self.uri)} in a browser"

@@ -1,0 +1,85 @@
+"""Tracking off: the `Tracker` Protocol with nothing behind it, and no MLflow import.
+
+`tracking=off` is also the baseline that the tracking overhead is measured against, so it must not
+pay for loading MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline import PROJECT_ROOT
+from pipeline.config import SearchConfig, TrackingConfig
+from pipeline.errors import ConfigError
+from pipeline.pretrain import LocalWeightsStore
+from pipeline.search_records import NullObserver
+
+UNTRACKED = "-"  # the run id shown where nothing was logged
+
+
+class NullTracker:
+    """Tracking off: same interface, nothing logged; pretrained weights kept in a local folder."""
+
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc_info) -> None: ...
+
+    @contextmanager
+    def experiment_run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
+        yield UNTRACKED
+
+    @contextmanager
+    def stage_run(self, stage: str) -> Iterator[str]:
+        yield UNTRACKED
+
+    @contextmanager
+    def search_run(self, config_hash: str, previous) -> Iterator[str]:
+        yield UNTRACKED
+
+    def trial_observer(self, search_run_id: str, cfg: SearchConfig) -> NullObserver:
+        return NullObserver()
+
+    def callbacks(self, stage: str) -> list:
+        return []
+
+    def log_config(self, resolved: dict) -> None: ...
+
+    def log_params(self, params: dict[str, object]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float]) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def log_artifact(self, path: Path) -> None: ...
+
+    def log_learning_curve(self, history, stage: str, best_epoch: int) -> None: ...
+
+    def log_search_outcome(self, outcome, objective: str) -> None: ...
+
+    def weights_store(self) -> LocalWeightsStore:
+        folder = self.cfg.untracked_cache or PROJECT_ROOT / "mlruns" / "untracked-backbones"
+        return LocalWeightsStore(Path(folder))
+
+    def resumable_search(self, config_hash: str) -> None:
+        return None  # without a store, a search resumes from the same search.directory
+
+    def chief_search(self, config_hash: str, address: str, wait_s: float):
+        raise ConfigError(
+            "tracking.enabled=false with KERASTUNER_ORACLE_IP set: distributed workers find the "
+            "chief's search run and checkpoint in MLflow; enable tracking (a shared store)"
+        )
+
+    def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
+        raise ConfigError(f"tracking is off: no run {run_id} to fetch {path} from")
+
+    def run_ids(self) -> dict[str, str]:
+        return {}
+
+    def ui_command(self) -> str:
+        return "tracking was off (tracking=off): nothing was logged"

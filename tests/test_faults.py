@@ -61,8 +61,8 @@ def test_signal_mid_stage_ends_runs_killed_and_exits_promptly(tmp_path, store_ur
 
 
 def test_orphans_of_a_killed_process_are_marked_failed_by_the_next_run(tmp_path, store_uri):
-    """In-process tracking: nobody is left to end the runs; the next invocation does."""
-    args = ["debug=smoke", f"tracking.uri={store_uri}", "tracking.separate_process=false"]
+    """Nobody is left to end the runs of a kill -9; the next invocation does."""
+    args = ["debug=smoke", f"tracking.uri={store_uri}"]
     process = start_cli([*args, *LONG_SCRATCH], tmp_path)
     wait_for_running_stage(store_uri, "scratch")
     os.kill(process.pid, signal.SIGKILL)
@@ -77,23 +77,6 @@ def test_orphans_of_a_killed_process_are_marked_failed_by_the_next_run(tmp_path,
         run = client.get_run(run_id)
         assert run.info.status == "FAILED"
         assert run.data.tags["error"] == f"orphaned: process {process.pid} died"
-
-
-def test_the_tracking_process_ends_the_runs_of_a_killed_experiment_failed(tmp_path, store_uri):
-    process = start_cli(["debug=smoke", f"tracking.uri={store_uri}", *LONG_SCRATCH], tmp_path)
-    wait_for_running_stage(store_uri, "scratch")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    client = MlflowClient(store_uri)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        runs = [r for group in runs_by_stage(client).values() for r in group]
-        if all(run.info.status != "RUNNING" for run in runs):
-            break
-        time.sleep(0.5)
-    assert {run.info.status for run in runs} == {"FAILED"}
-    assert {run.data.tags["error"] for run in runs} == {f"orphaned: process {process.pid} died"}
-    assert {run.data.tags["pid"] for run in runs} == {str(process.pid)}
 
 
 def test_nan_loss_fails_its_stage_and_independent_stages_go_on(tmp_path, store_uri):

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from pipeline import PROJECT_ROOT, search
 from pipeline.errors import ConfigError
 from pipeline.experiment import StagesFailed, run_experiment
+from pipeline.preflight import check_composition
 from pipeline.tracking.store import prepare_store
 from pipeline.validation import check_config
 from tests.conftest import compose_config, run_cli, runs_by_stage
@@ -82,16 +83,43 @@ def test_each_tuner_runs_a_tiny_search_tracked_run_by_run(tuner, smoke, client, 
         assert continued, "hyperband continues its best trial from that trial's checkpoint"
 
 
-def test_trials_start_from_the_checkpoint_and_cached_features_change_nothing(smoke, tmp_path):
-    """The cached way (train the unfrozen top on frozen outputs) = the full forward pass."""
-    base = ["search=grid", "search.unfreeze_blocks.min=1", "search.unfreeze_blocks.max=1"]
+def trial_histories(store_uri: str) -> dict[str, dict[str, list[float]]]:
+    """Per unfreeze depth: every epoch's loss and validation metrics of that depth's trial."""
+    client = MlflowClient(store_uri)
+    histories = {}
+    for run in runs_by_stage(client)["trial"]:
+        assert run.info.status == "FINISHED", run.data.tags.get("error")
+        histories[run.data.params["unfreeze_blocks"]] = {
+            name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name),
+                                           key=lambda m: m.step)]
+            for name in ("loss", "val_loss", "val_accuracy")
+        }  # fmt: skip
+    return histories
+
+
+def test_trials_on_cached_boundary_features_match_full_passes_at_every_depth(tmp_path):
+    """Training the unfrozen top on the frozen part's cached output = the full forward pass,
+    trial by trial and epoch by epoch, at three depths (the whole backbone frozen, one and two
+    blocks unfrozen)."""
+    base = ["debug=smoke", "search=grid", "search.unfreeze_blocks.min=0"]
+    base += [
+        "search.unfreeze_blocks.max=2",
+        "search.epochs=3",
+        "stages=[feature_extraction,fine_tune]",
+    ]
     base += ["search.learning_rate.min=0.01", "search.learning_rate.max=0.01"]
-    scores = []
+    histories = []
     for cache in ("true", "false"):
-        overrides = [*smoke, *base, f"search.cache_features={cache}", "tracking=off"]
-        overrides += [f"tracking.untracked_cache={tmp_path / 'weights'}"]
-        scores.append(run_experiment(compose_config(searched(overrides, tmp_path / cache))))
-    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+        uri = f"sqlite:///{tmp_path / cache / 'mlflow.db'}"
+        overrides = [*base, f"search.cache_features={cache}", f"tracking.uri={uri}"]
+        run_experiment(compose_config([*overrides, f"search.directory={tmp_path / cache / 's'}"]))
+        histories.append(trial_histories(uri))
+    cached, full = histories
+    assert sorted(cached) == sorted(full) == ["0", "1", "2"]
+    for depth, metrics in cached.items():
+        for name, values in metrics.items():
+            assert len(values) == 3
+            assert values == pytest.approx(full[depth][name], abs=1e-4), (depth, name)
 
 
 def failing_fit(original):
@@ -156,11 +184,10 @@ def test_diverging_trials_fail_and_the_command_exits_non_zero(tmp_path, store_ur
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["search.tuner=annealing"], "search.tuner='annealing'; allowed: ['none', 'random'"),
+        (["search.tuner=grid"], "search.tuner='grid' but search.oracle._target_=keras_tuner"),
+        (["search=hyperband", "search.hyperband.iterations=0"], "iterations=0 must be >= 1"),
         (["search.unfreeze_blocks.max=9"], "search.unfreeze_blocks.min=0, max=9 but small_cnn"),
         (["search.learning_rate.min=0"], "search.learning_rate.min=0.0, max=0.01"),
-        (["search.learning_rate.sampling=cubic"], "search.learning_rate.sampling='cubic'"),
-        (["search.objective=accuracy"], "search.objective='accuracy'; allowed"),
         (["search.max_trials=null"], "search.max_trials=null with search.tuner='random'"),
         (["stages=[scratch,feature_extraction]"], "lacks one of them"),
         (["freeze.unfreeze_layers=3"], "set freeze.unfreeze_layers=null"),
@@ -171,6 +198,21 @@ def test_impossible_search_settings_fail_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         check_config(config)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("search.tuner=annealing", "Invalid value 'annealing', expected one of [none, random"),
+        ("search.learning_rate.sampling=cubic", "Invalid value 'cubic', expected one of [linear"),
+        ("search.objective=accuracy", "Invalid value 'accuracy', expected one of [val_accuracy"),
+        ("stages=[scratch,finetune]", "Invalid value 'finetune', expected one of [scratch"),
+        ("train.monitor=accuracy", "Invalid value 'accuracy', expected one of [val_accuracy"),
+    ],
+)
+def test_choices_outside_their_enum_are_refused_at_composition(override, message):
+    problem = check_composition(["search=random", override])
+    assert problem.startswith(override.split("=")[0].split("[")[0]) and message in problem
 
 
 def test_grid_needs_a_learning_rate_step():

@@ -29,9 +29,9 @@ def test_logged_params_tags_and_config_artifact_carry_no_secret(store_uri, clien
     cfg = compose_config([f"tracking.uri={store_uri}"])
     resolved = {"tracking": {"uri": "https://alice:s3cr3t@host"}, "dataset": {"api_key": "k-123"}}
     tags = {"command": "python -m pipeline tracking.uri=https://alice:s3cr3t@host"}
-    with open_tracker(OmegaConf.to_object(cfg).tracking) as tracker:
-        with tracker.experiment_run("secret-test", tags) as run_id:
-            tracker.log_config(resolved)
+    tracking = OmegaConf.to_object(cfg).tracking
+    with open_tracker(tracking) as tracker, tracker.experiment_run("secret-test", tags) as run_id:
+        tracker.log_config(resolved)
     run = client.get_run(run_id)
     logged = [*run.data.params.values(), *run.data.tags.values()]
     config_yaml = client.download_artifacts(run_id, "config.yaml")

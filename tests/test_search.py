@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from pipeline import PROJECT_ROOT, search
 from pipeline.errors import ConfigError
 from pipeline.experiment import StagesFailed, run_experiment
-from pipeline.preflight import check_composition
 from pipeline.tracking.store import prepare_store
 from pipeline.validation import check_config
 from tests.conftest import compose_config, run_cli, runs_by_stage
@@ -198,21 +197,6 @@ def test_impossible_search_settings_fail_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         check_config(config)
     assert message in str(error.value)
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("search.tuner=annealing", "Invalid value 'annealing', expected one of [none, random"),
-        ("search.learning_rate.sampling=cubic", "Invalid value 'cubic', expected one of [linear"),
-        ("search.objective=accuracy", "Invalid value 'accuracy', expected one of [val_accuracy"),
-        ("stages=[scratch,finetune]", "Invalid value 'finetune', expected one of [scratch"),
-        ("train.monitor=accuracy", "Invalid value 'accuracy', expected one of [val_accuracy"),
-    ],
-)
-def test_choices_outside_their_enum_are_refused_at_composition(override, message):
-    problem = check_composition(["search=random", override])
-    assert problem.startswith(override.split("=")[0].split("[")[0]) and message in problem
 
 
 def test_grid_needs_a_learning_rate_step():

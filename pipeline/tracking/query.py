@@ -152,6 +152,19 @@ class StoreReader:
         history = self.client.get_metric_history(run_id, key)
         return sorted((m.step, m.value) for m in history)
 
+    def metric_histories(self, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+        """(step, value) of a metric for many runs: in bulk (one query per 100 runs) where the
+        store can, else one request per run."""
+        store = self.client._tracking_client.store  # the bulk read is the store's
+        out: dict[str, list[tuple[int, float]]] = {run_id: [] for run_id in run_ids}
+        if not hasattr(store, "get_metric_history_bulk"):
+            return {run_id: self.metric_history(run_id, key) for run_id in run_ids}
+        for start in range(0, len(run_ids), 100):
+            chunk = run_ids[start : start + 100]
+            for metric in store.get_metric_history_bulk(chunk, key, max_results=100_000):
+                out[metric.run_id].append((metric.step, metric.value))
+        return {run_id: sorted(values) for run_id, values in out.items()}
+
     def finished_pretraining(self, recipe_hash: str) -> RunRecord | None:
         """The latest finished pretraining run of a backbone recipe."""
         return self.first(f"tags.recipe_hash = '{recipe_hash}' and attributes.status = 'FINISHED'")

@@ -1,0 +1,103 @@
+"""`python -m pipeline.report [key=value ...]`: write the report of a study and log it to MLflow.
+
+    python -m pipeline.report                                   # experiment transfer-lab
+    python -m pipeline.report experiment_name=cats-dogs-mobilenet sweep_id=<id> out=reports/cats
+    python -m pipeline.report tags.dataset=digits params.lr.fine_tune=0.001
+
+A mistake (an unknown key, experiment or sweep, an empty study, no store) is one line and exit 2,
+with nothing written.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline import PROJECT_ROOT
+from pipeline.errors import ConfigError
+from pipeline.guard import EXIT_CONFIG
+
+
+@dataclass
+class ReportConfig:
+    experiment_name: str = "transfer-lab"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else the project's SQLite store
+    sweep_id: str | None = None  # only the jobs of this sweep (the parent runs' sweep_id tag)
+    tags: dict[str, str] = field(default_factory=dict)  # tags.<name>=<value>: parent runs' tags
+    params: dict[str, str] = field(default_factory=dict)  # params.<key>=<value>: config values
+    out: str | None = None  # None: reports/<experiment_name>
+    log_to_mlflow: bool = True  # the files as artifacts of a `report` run
+
+
+def parse(argv: list[str]) -> ReportConfig:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ReportConfig), OmegaConf.from_dotlist(argv))
+    except OmegaConfBaseException as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+    return OmegaConf.to_object(merged)
+
+
+def filter_string(cfg: ReportConfig) -> str:
+    clauses = []
+    if cfg.sweep_id is not None:
+        clauses.append(f"tags.sweep_id = '{cfg.sweep_id}'")
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in sorted(cfg.tags.items())]
+    clauses += [f"params.`{k}` = '{v}'" for k, v in sorted(cfg.params.items())]
+    return " and ".join(clauses)
+
+
+def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
+    from pipeline.report.render import write_report
+    from pipeline.report.study import build_study, stage_run_ids
+    from pipeline.tracking.reports import log_report_run, open_reader
+    from pipeline.tracking.secrets import redact_text
+    from pipeline.tracking.store import resolve_uri
+
+    uri = resolve_uri(cfg.tracking_uri)
+    reader = open_reader(uri, cfg.experiment_name)
+    invocations = reader.experiment_runs(filter_string(cfg))
+    if not invocations:
+        where = f" with sweep_id={cfg.sweep_id}" if cfg.sweep_id else ""
+        raise ConfigError(
+            f"no experiment run in {cfg.experiment_name!r}{where} matches: nothing to report"
+        )
+    histories = reader.metric_histories(stage_run_ids(invocations), "val_accuracy")
+    report = build_study(invocations, histories)
+    if not report["variants"]:
+        raise ConfigError(
+            f"none of the {len(invocations)} matching run(s) FINISHED: nothing to report"
+        )
+    report.update(
+        experiment=cfg.experiment_name,
+        tracking_uri=redact_text(uri),
+        filter=filter_string(cfg),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+    folder = Path(cfg.out) if cfg.out else PROJECT_ROOT / "reports" / cfg.experiment_name
+    files = write_report(report, folder)
+    if cfg.log_to_mlflow:
+        run_id = log_report_run(reader, files, {"report_filter": report["filter"]})
+        print(f"logged as artifacts of run {run_id} (report/)")
+    return folder, files
+
+
+def main(argv: list[str]) -> int:
+    try:
+        folder, files = make_report(parse(argv))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"report written to {folder}:")
+    for path in files:
+        if path.suffix != ".png":
+            print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

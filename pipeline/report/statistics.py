@@ -1,0 +1,154 @@
+"""The numbers of a report: summaries over seeds, paired gains, search curves. scipy does the work.
+
+Seeds are the samples: every interval is over the seeds of one variant. A gain is paired by seed
+(both stages ran with the same seed, the same splits and the same initialisation of what they
+share), so its uncertainty is that of the per-seed differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RANDOM_STATE = 0  # the bootstrap's: the same runs give the same report
+BOOTSTRAP_RESAMPLES = 9999
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A metric over seeds: n, mean, sample standard deviation, Student's t interval, range."""
+
+    n: int
+    mean: float
+    std: float | None  # None when n < 2
+    ci_low: float | None
+    ci_high: float | None
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class Gain:
+    """`first` - `second`, paired by seed."""
+
+    first: str
+    second: str
+    seeds: list[int]
+    differences: list[float]
+    mean: float
+    t_low: float | None
+    t_high: float | None
+    bca_low: float | None
+    bca_high: float | None
+    wins: float  # share of seeds where `first` is strictly better
+    p_value: float | None  # exact sign-flip permutation test, two-sided
+    p_holm: float | None = None  # Holm-corrected across the comparisons of a variant
+
+
+def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Student's t interval of the mean; None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    sem = stats.sem(values)
+    if sem == 0:
+        mean = float(np.mean(values))
+        return mean, mean
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=np.mean(values), scale=sem)
+    return float(low), float(high)
+
+
+def summarize(values: list[float], confidence: float = CONFIDENCE) -> Summary:
+    array = np.asarray(values, dtype=float)
+    interval = t_interval(array, confidence)
+    return Summary(
+        n=len(array),
+        mean=float(array.mean()),
+        std=float(array.std(ddof=1)) if len(array) > 1 else None,
+        ci_low=None if interval is None else interval[0],
+        ci_high=None if interval is None else interval[1],
+        min=float(array.min()),
+        max=float(array.max()),
+    )
+
+
+def bca_interval(differences: np.ndarray, confidence: float = CONFIDENCE):
+    """BCa bootstrap interval of the mean difference; None when it cannot be formed (fewer than
+    three seeds, or every difference equal: no spread to resample)."""
+    if len(differences) < 3 or np.ptp(differences) == 0:
+        return None
+    result = stats.bootstrap(
+        (differences,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="BCa",
+        random_state=RANDOM_STATE,
+    )
+    low, high = result.confidence_interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    return float(low), float(high)
+
+
+def sign_flip_p_value(differences: np.ndarray) -> float | None:
+    """Exact two-sided p-value of "the mean difference is 0": every sign flip of the per-seed
+    differences (2^n of them) is one permutation of the paired samples."""
+    if len(differences) < 2:
+        return None
+    result = stats.permutation_test(
+        (differences,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=np.inf,
+        alternative="two-sided",
+    )
+    return float(result.pvalue)
+
+
+def paired_gain(first: str, second: str, pairs: dict[int, tuple[float, float]]) -> Gain:
+    """`pairs`: seed -> (value of `first`, value of `second`)."""
+    seeds = sorted(pairs)
+    differences = np.asarray([pairs[s][0] - pairs[s][1] for s in seeds], dtype=float)
+    t_ci = t_interval(differences)
+    bca = bca_interval(differences)
+    return Gain(
+        first=first,
+        second=second,
+        seeds=seeds,
+        differences=[float(d) for d in differences],
+        mean=float(differences.mean()),
+        t_low=None if t_ci is None else t_ci[0],
+        t_high=None if t_ci is None else t_ci[1],
+        bca_low=None if bca is None else bca[0],
+        bca_high=None if bca is None else bca[1],
+        wins=float(np.mean(differences > 0)),
+        p_value=sign_flip_p_value(differences),
+    )
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment (family-wise error) of the p-values that exist."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    m = len(present)
+    for rank, (p, index) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def expected_max(values: list[float], n: int) -> tuple[float, float]:
+    """Expected best of `n` trials drawn with replacement from the trials' empirical
+    distribution, and its variance (Dodge et al. 2019, "Show your work")."""
+    v = np.sort(np.asarray(values, dtype=float))
+    count = len(v)
+    cdf = (np.arange(1, count + 1) / count) ** n
+    weights = np.diff(np.concatenate(([0.0], cdf)))
+    mean = float(np.sum(weights * v))
+    variance = float(np.sum(weights * v**2) - mean**2)
+    return mean, max(variance, 0.0)

@@ -1,0 +1,60 @@
+"""The tracking side of reports and reproduction: opening a store to read, logging a report run.
+
+Reading never creates anything: a store or experiment that does not exist is an error that says
+so, in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import ConfigError
+from pipeline.tracking.query import StoreReader, experiment_id
+from pipeline.tracking.runs import create_run, end_run
+from pipeline.tracking.secrets import redact_text
+from pipeline.tracking.store import check_reachable, sqlite_path
+from pipeline.tracking.writer import Writer
+
+
+def open_reader(uri: str, experiment_name: str) -> StoreReader:
+    """A reader of one experiment of an existing store."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(
+            f"no MLflow store at {db}: run an experiment first, or pass tracking_uri="
+        )
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    found = experiment_id(client, experiment_name)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ConfigError(
+            f"experiment_name={experiment_name!r} is not in {redact_text(uri)}; allowed: {names}"
+        )
+    return StoreReader(client, [found])
+
+
+def log_report_run(reader: StoreReader, files: list[Path], tags: dict[str, str]) -> str:
+    """A `report` run in the study's experiment with the report's files as artifacts."""
+    client = reader.client
+    run_id = create_run(client, reader.experiment_ids[0], "report", {"stage": "report", **tags})
+    writer = Writer(client, synchronous=True)
+    try:
+        for path in files:
+            writer.artifact(run_id, path, "report")
+    except BaseException as error:
+        end_run(writer, run_id, error)
+        raise
+    end_run(writer, run_id, None)
+    return run_id
+
+
+def tag_run(reader: StoreReader, run_id: str, tags: dict[str, str]) -> None:
+    Writer(reader.client, synchronous=True).tags(run_id, tags)
+
+
+def download(reader: StoreReader, run_id: str, path: str, destination: Path) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(reader.client.download_artifacts(run_id, path, str(destination)))

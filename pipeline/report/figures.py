@@ -46,7 +46,7 @@ def forest(variants: list[dict]) -> bytes:
     """Every paired gain with its t and BCa intervals; zero marked."""
     rows = [(f"variant {i}", g) for i, v in enumerate(variants, start=1) for g in v["gains"]]
     figure, axis = plt.subplots(figsize=(7, 0.45 * max(len(rows), 1) + 1.2))
-    for y, (name, gain) in enumerate(reversed(rows)):
+    for y, (_, gain) in enumerate(reversed(rows)):
         if gain["t_low"] is not None:
             axis.plot([gain["t_low"], gain["t_high"]], [y, y], color="black", linewidth=2)
         if gain["bca_low"] is not None:
@@ -109,8 +109,13 @@ def search_plot(search: dict) -> bytes:
     mean = [p["expected_best"] for p in curve]
     sd = [p["variance"] ** 0.5 for p in curve]
     expected.plot(n, mean, marker="o", color="black")
-    expected.fill_between(n, [m - s for m, s in zip(mean, sd, strict=True)],
-                          [m + s for m, s in zip(mean, sd, strict=True)], color="0.7", alpha=0.5)  # fmt: skip
+    expected.fill_between(
+        n,
+        [m - s for m, s in zip(mean, sd, strict=True)],
+        [m + s for m, s in zip(mean, sd, strict=True)],
+        color="0.7",
+        alpha=0.5,
+    )
     expected.set_xlabel("number of trials")
     expected.set_ylabel(f"expected {search['objective']}")
     figure.suptitle(f"search of seed {search['seed']} ({search['tuner']})", fontsize="small")

@@ -65,8 +65,18 @@ def stage_rows(variant: dict) -> list[list[str]]:
         if stage not in variant["stages"]:
             continue
         for metric, s in variant["stages"][stage].items():
-            rows.append([stage, metric, str(s["n"]), number(s["mean"]), number(s["std"]),
-                         interval(s["ci_low"], s["ci_high"]), number(s["min"]), number(s["max"])])  # fmt: skip
+            rows.append(
+                [
+                    stage,
+                    metric,
+                    str(s["n"]),
+                    number(s["mean"]),
+                    number(s["std"]),
+                    interval(s["ci_low"], s["ci_high"]),
+                    number(s["min"]),
+                    number(s["max"]),
+                ]
+            )
     return rows
 
 
@@ -85,11 +95,18 @@ GAIN_HEADER = [
 
 def gain_rows(variant: dict) -> list[list[str]]:
     return [
-        [f"{g['first']} - {g['second']}", str(len(g["seeds"])), number(g["mean"]),
-         interval(g["t_low"], g["t_high"]), interval(g["bca_low"], g["bca_high"]),
-         f"{g['wins']:.0%}", number(g["p_value"], 3), number(g["p_holm"], 3)]
+        [
+            f"{g['first']} - {g['second']}",
+            str(len(g["seeds"])),
+            number(g["mean"]),
+            interval(g["t_low"], g["t_high"]),
+            interval(g["bca_low"], g["bca_high"]),
+            f"{g['wins']:.0%}",
+            number(g["p_value"], 3),
+            number(g["p_holm"], 3),
+        ]
         for g in variant["gains"]
-    ]  # fmt: skip
+    ]
 
 
 def figure_set(report: dict) -> dict[str, bytes]:
@@ -121,11 +138,17 @@ def sections(report: dict) -> list[tuple[str, str, list[tuple[list[str], list]],
             f"git {', '.join(prov['git_commits'])}; backbone runs {prov['backbone_runs'] or '-'}; "
             f"versions {json.dumps(prov['versions'], sort_keys=True)}."
         )
-        text += [f"Best trial of seed {s['seed']}: {s['best_trial_id']} ({number(s['best'])})."
-                 for s in v["searches"]]  # fmt: skip
+        text += [
+            f"Best trial of seed {s['seed']}: {s['best_trial_id']} ({number(s['best'])})."
+            for s in v["searches"]
+        ]
         tables = [(STAGE_HEADER, stage_rows(v)), (GAIN_HEADER, gain_rows(v))]
-        tables.append((["seed", "parent run", "command"],
-                       [[str(r["seed"]), r["run_id"], r["command"]] for r in v["runs"]]))  # fmt: skip
+        tables.append(
+            (
+                ["seed", "parent run", "command"],
+                [[str(r["seed"]), r["run_id"], r["command"]] for r in v["runs"]],
+            )
+        )
         images = [n for n in report["figures"] if n.startswith(f"variant{index}_")]
         out.append((f"Variant {index}: {v['label']}", " ".join(text), tables, images))
     return out
@@ -175,11 +198,14 @@ STYLE = (
 
 def write_html(report: dict, images: dict[str, bytes], folder: Path) -> Path:
     title = f"Study report: {html.escape(report['experiment'])}"
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{title}</h1>",
-             f"<p>generated: {html.escape(report['generated'])}</p>",
-             f"<p>{html.escape(report['statement'])}</p><p>{html.escape(excluded_text(report))}</p>",
-             image_tag("gains_forest.png", images["gains_forest.png"])]  # fmt: skip
+    head = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+    parts = [
+        head,
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1>",
+        f"<p>generated: {html.escape(report['generated'])}</p>",
+        f"<p>{html.escape(report['statement'])}</p><p>{html.escape(excluded_text(report))}</p>",
+        image_tag("gains_forest.png", images["gains_forest.png"]),
+    ]
     for section_title, text, tables, names in sections(report):
         parts += [f"<h2>{html.escape(section_title)}</h2><p>{html.escape(text)}</p>"]
         parts += [html_table(header, rows) for header, rows in tables]
@@ -194,14 +220,25 @@ def tex_escape(text: str) -> str:
 
 
 def write_tex(report: dict, folder: Path) -> Path:
-    lines = [f"% generated: {report['generated']}", r"\begin{tabular}{llrrrl}", r"\toprule",
-             r"variant & stage & n & mean & std & 95\,\% CI (t) \\", r"\midrule"]  # fmt: skip
+    lines = [
+        f"% generated: {report['generated']}",
+        r"\begin{tabular}{llrrrl}",
+        r"\toprule",
+        r"variant & stage & n & mean & std & 95\,\% CI (t) \\",
+        r"\midrule",
+    ]
     for v in report["variants"]:
         for stage in STAGES:
             s = v["stages"].get(stage, {}).get("test_accuracy")
             if s is not None:
-                cells = [tex_escape(v["label"]), tex_escape(stage), str(s["n"]), number(s["mean"]),
-                         number(s["std"]), interval(s["ci_low"], s["ci_high"])]  # fmt: skip
+                cells = [
+                    tex_escape(v["label"]),
+                    tex_escape(stage),
+                    str(s["n"]),
+                    number(s["mean"]),
+                    number(s["std"]),
+                    interval(s["ci_low"], s["ci_high"]),
+                ]
                 lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     path = folder / "table.tex"

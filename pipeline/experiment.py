@@ -19,7 +19,13 @@ from pipeline.backbones import APPLICATIONS, build_backbone
 from pipeline.config import Config
 from pipeline.data import TaskData, load_task
 from pipeline.pretrain import pretrained_backbone
-from pipeline.provenance import config_hash, git_commit, hydra_tags, variant_hash
+from pipeline.provenance import (
+    config_hash,
+    git_commit,
+    hydra_tags,
+    package_versions,
+    variant_hash,
+)
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
 from pipeline.tracking import Tracker, open_tracker
@@ -41,7 +47,7 @@ def distributed_worker() -> bool:
     return role() == "worker"
 
 
-def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
+def parent_tags(cfg: Config, resolved: dict, extra: dict[str, str] | None = None) -> dict[str, str]:
     tags = {
         "dataset": cfg.dataset.name,
         "backbone": cfg.backbone.name,
@@ -51,7 +57,8 @@ def parent_tags(cfg: Config, resolved: dict) -> dict[str, str]:
         "git_commit": git_commit(),
     }
     tags["mlflow.source.git.commit"] = tags["git_commit"].removesuffix("-dirty")
-    return {**tags, **hydra_tags()}
+    versions = {f"version.{name}": v for name, v in package_versions().items()}
+    return {**tags, **versions, **hydra_tags(), **(extra or {})}
 
 
 def backbone_for_transfer(
@@ -160,7 +167,7 @@ def run_stages(
     return rows, failures
 
 
-def run_experiment(cfg: DictConfig) -> float:
+def run_experiment(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float:
     """Validate, load, pretrain (or reuse), run the stages, print the summary.
 
     The tracker is opened (the store created) only once the config and the data are known to be
@@ -175,14 +182,16 @@ def run_experiment(cfg: DictConfig) -> float:
             from pipeline.search_stage import run_worker
 
             return run_worker(config, task, config_hash(resolved), tracker)
-        return run_tracked(config, resolved, task, tracker)
+        return run_tracked(config, resolved, task, tracker, extra_tags)
 
 
-def run_tracked(config: Config, resolved: dict, task: TaskData, tracker: Tracker) -> float:
+def run_tracked(
+    config: Config, resolved: dict, task: TaskData, tracker: Tracker, extra_tags: dict | None
+) -> float:
     """The parent run and its stages; the last stage's best validation accuracy."""
     progress_bar = sys.stdout.isatty()
     name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
-    tags = parent_tags(config, resolved)
+    tags = parent_tags(config, resolved, extra_tags)
     with tracker.experiment_run(name, tags) as parent_id:
         tracker.log_config(resolved)
         log_skipped_files(tracker, task.skipped_files)

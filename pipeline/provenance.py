@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shlex
 import subprocess
+from importlib import metadata
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -15,6 +17,20 @@ from pipeline import PROJECT_ROOT
 UNTRACKED_KEYS = ("tracking",)  # where results go does not change what they are
 # Where a run writes, not what it computes: left out of the variant (with the seed).
 OUTPUT_KEYS = (("search", "directory"), ("search", "worker_wait_s"))
+
+
+KEY_PACKAGES = ("tensorflow", "keras", "keras-tuner", "mlflow", "hydra-core", "numpy", "scipy")
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the key packages' versions, read from their metadata (nothing imported)."""
+    versions = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def git_commit() -> str:

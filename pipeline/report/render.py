@@ -155,12 +155,18 @@ def sections(report: dict) -> list[tuple[str, str, list[tuple[list[str], list]],
 
 
 def excluded_text(report: dict) -> str:
-    if not report["excluded"]:
-        return "No run was excluded."
-    return "Excluded (not FINISHED): " + "; ".join(
-        f"{e['run_id']} seed {e['seed']} {e['status']} {e['error']}".strip()
-        for e in report["excluded"]
-    )
+    text = "No run was excluded."
+    if report["excluded"]:
+        text = "Excluded (not FINISHED): " + "; ".join(
+            f"{e['run_id']} seed {e['seed']} {e['status']} {e['error']}".strip()
+            for e in report["excluded"]
+        )
+    if report["reproductions"]:
+        text += " Reproductions (python -m pipeline.reproduce; not samples): " + "; ".join(
+            f"{r['run_id']} of {r['reproduces']}: reproduced={r['reproduced']}"
+            for r in report["reproductions"]
+        )
+    return text
 
 
 def write_markdown(report: dict, folder: Path) -> Path:

@@ -215,6 +215,17 @@ def differing_params(groups: list[Variant]) -> list[str]:
     return [k for k in keys if len({p.get(k) for p in firsts}) > 1]
 
 
+def reproduction(run: ExperimentRun) -> dict:
+    """A re-run by `python -m pipeline.reproduce`: not a sample, a check of one."""
+    tags = run.parent.tags
+    return {
+        "run_id": run.parent.run_id,
+        "reproduces": tags["reproduces"],
+        "status": run.parent.status,
+        "reproduced": tags.get("reproduced", "unknown"),
+    }
+
+
 def stage_run_ids(invocations: list[ExperimentRun]) -> list[str]:
     return [rec.run_id for r in invocations for rec in r.stages.values()]
 
@@ -223,10 +234,13 @@ def build_study(invocations: list[ExperimentRun], histories: dict[str, list]) ->
     """Variants of the finished invocations; the others listed, with their errors.
 
     `histories`: stage run id -> (epoch, validation accuracy) pairs, read in bulk beforehand."""
-    finished = [r for r in invocations if r.parent.status == "FINISHED"]
+    reproductions = [r for r in invocations if "reproduces" in r.parent.tags]
+    samples = [r for r in invocations if "reproduces" not in r.parent.tags]
+    finished = [r for r in samples if r.parent.status == "FINISHED"]
     groups = variants(finished)
     differing = differing_params(groups)
     return {
-        "excluded": [excluded(r) for r in invocations if r.parent.status != "FINISHED"],
+        "excluded": [excluded(r) for r in samples if r.parent.status != "FINISHED"],
+        "reproductions": [reproduction(r) for r in reproductions],
         "variants": [variant_entry(v, differing, histories) for v in groups],
     }

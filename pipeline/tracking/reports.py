@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ConfigError
-from pipeline.tracking.query import StoreReader, experiment_id
+from pipeline.tracking.query import RunRecord, StoreReader, experiment_id, record_of
 from pipeline.tracking.runs import create_run, end_run
 from pipeline.tracking.secrets import redact_text
 from pipeline.tracking.store import check_reachable, sqlite_path
@@ -58,3 +58,26 @@ def tag_run(reader: StoreReader, run_id: str, tags: dict[str, str]) -> None:
 def download(reader: StoreReader, run_id: str, path: str, destination: Path) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     return Path(reader.client.download_artifacts(run_id, path, str(destination)))
+
+
+def open_run(uri: str, run_id: str) -> tuple[StoreReader, RunRecord]:
+    """A reader of the experiment that holds `run_id`, and that run's parent (the invocation)."""
+    from mlflow.exceptions import MlflowException
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no MLflow store at {db}: pass tracking_uri= or set MLFLOW_TRACKING_URI")
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    try:
+        run = record_of(client.get_run(run_id))
+    except MlflowException:
+        raise ConfigError(f"run_id={run_id!r} is not a run of {redact_text(uri)}") from None
+    reader = StoreReader(client, [run.experiment_id])
+    if run.parent_id is not None and run.stage is not None:
+        run = reader.run(run.parent_id)
+        if run.stage == "search":  # a trial's parent is the search: go one more level up
+            run = reader.run(run.parent_id)
+    if not run.tags.get("config_hash"):
+        raise ConfigError(f"run_id={run_id!r} is not an experiment run (no config_hash tag)")
+    return reader, run

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.owner import process_dead, process_tags
 from pipeline.tracking.query import RunRecord, StoreReader
+from pipeline.tracking.store import terminate_run
 from pipeline.tracking.writer import TAG_LIMIT, Writer
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def end_run(writer: Writer, run_id: str, error: BaseException | None) -> Excepti
             message = "interrupted" if status == "KILLED" else error_tag(error)
             writer.client.set_tag(run_id, "error", message)
     finally:
-        writer.client.set_terminated(run_id, status)
+        terminate_run(writer.client, run_id, status)
     return failed_write
 
 
@@ -93,7 +94,7 @@ def mark_orphans(client: MlflowClient, reader: StoreReader) -> list[str]:
     orphans: list[RunRecord] = [r for r in reader.running_runs() if process_dead(r.tags)]
     for run in orphans:
         client.set_tag(run.run_id, "error", orphan_message(run.tags["pid"]))
-        client.set_terminated(run.run_id, "FAILED")
+        terminate_run(client, run.run_id, "FAILED")
     if orphans:
         log.warning(
             "marked %d orphaned RUNNING run(s) FAILED: %s",

@@ -24,6 +24,7 @@ from pipeline.search_records import HYPERPARAMETERS, SearchOutcome, TrialRecord
 from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
 from pipeline.tracking.query import RunRecord, StoreReader
 from pipeline.tracking.runs import RunFailed, create_run, end_run
+from pipeline.tracking.store import terminate_run
 from pipeline.tracking.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def close_stale_trials(writer: Writer, reader: StoreReader, search_run_id: str) 
     for run in stale:
         writer.client.set_tag(run.run_id, "error", "interrupted: its process ended")
         writer.client.set_tag(run.run_id, "status", "KILLED")
-        writer.client.set_terminated(run.run_id, "KILLED")
+        terminate_run(writer.client, run.run_id, "KILLED")
     if stale:
         log.info("closed %d interrupted trial run(s) as KILLED", len(stale))
 

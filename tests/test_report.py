@@ -1,0 +1,287 @@
+"""Reports and reproduction over a real smoke study: three seeds and one failed run, real store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
+
+from pipeline import experiment
+from pipeline.experiment import run_experiment
+from pipeline.report import __main__ as report_cli
+from pipeline.report.statistics import expected_max, holm, paired_gain, summarize
+from pipeline.reproduce import main as reproduce_main
+from pipeline.runtime import configured
+from tests.conftest import compose_config
+
+SEEDS = (0, 1, 2)
+EXPERIMENT = "transfer-lab"
+
+
+def smoke_run(uri: str, seed: int) -> None:
+    cfg = compose_config(["debug=smoke", f"tracking.uri={uri}", f"seed={seed}"])
+    with configured(cfg):
+        run_experiment(cfg)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> str:
+    """A store holding three finished seeds of the smoke experiment and one FAILED invocation."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('study') / 'mlruns' / 'mlflow.db'}"
+    for seed in SEEDS:
+        smoke_run(uri, seed)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stage broke")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "log_stage", broken)
+        with pytest.raises(RuntimeError):
+            smoke_run(uri, 3)
+    return uri
+
+
+def seed_of(run) -> int:
+    """A parent run's seed, or (tagged by `samples`) the seed of a stage run's parent."""
+    return int(run.data.tags["seed"])
+
+
+def samples(client: MlflowClient) -> tuple[list, dict[str, list]]:
+    """Straight from the store: the parent runs that are samples, and the stage runs of the
+    FINISHED ones (tagged with their parent's seed)."""
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [
+        r
+        for r in runs
+        if "config_hash" in r.data.tags
+        and "mlflow.parentRunId" not in r.data.tags
+        and "reproduces" not in r.data.tags
+    ]
+    finished = {r.info.run_id: r for r in parents if r.info.status == "FINISHED"}
+    stages: dict[str, list] = {}
+    for run in runs:
+        parent = finished.get(run.data.tags.get("mlflow.parentRunId", ""))
+        if parent is not None and "stage" in run.data.tags:
+            run.data.tags["seed"] = parent.data.tags["seed"]
+            stages.setdefault(run.data.tags["stage"], []).append(run)
+    return parents, stages
+
+
+def write(uri: str, out: Path, *extra: str) -> int:
+    return report_cli.main([f"tracking_uri={uri}", f"out={out}", *extra])
+
+
+def test_report_numbers_are_the_stores(study, tmp_path, capsys):
+    assert write(study, tmp_path / "report") == 0
+    assert str(tmp_path / "report") in capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    client = MlflowClient(study)
+    parents, stages = samples(client)
+
+    failed = [r for r in parents if r.info.status == "FAILED"]
+    assert [(e["run_id"], e["status"]) for e in report["excluded"]] == [
+        (failed[0].info.run_id, "FAILED")
+    ]
+    assert "stage broke" in report["excluded"][0]["error"]
+    [variant] = report["variants"]
+    assert variant["seeds"] == list(SEEDS) and variant["warning"] == ""
+    assert set(stages) == {"scratch", "feature_extraction", "fine_tune"}
+    for stage, runs in stages.items():
+        runs = sorted(runs, key=lambda r: seed_of(r))
+        for metric in ("test_accuracy", "best_val_accuracy"):
+            values = np.array([r.data.metrics[metric] for r in runs])
+            summary = variant["stages"][stage][metric]
+            assert summary["run_ids"] == [r.info.run_id for r in runs]
+            assert summary["n"] == 3
+            assert summary["mean"] == pytest.approx(values.mean(), abs=1e-12)
+            assert summary["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+            assert summary["min"] == values.min() and summary["max"] == values.max()
+            if values.std() > 0:
+                low, high = stats.t.interval(0.95, 2, loc=values.mean(), scale=stats.sem(values))
+                assert (summary["ci_low"], summary["ci_high"]) == pytest.approx((low, high))
+
+    test_accuracy = {
+        stage: {seed_of(r): r.data.metrics["test_accuracy"] for r in runs}
+        for stage, runs in stages.items()
+    }
+    assert [(g["first"], g["second"]) for g in variant["gains"]] == [
+        ("feature_extraction", "scratch"),
+        ("fine_tune", "scratch"),
+        ("fine_tune", "feature_extraction"),
+    ]
+    for gain in variant["gains"]:
+        first, second = test_accuracy[gain["first"]], test_accuracy[gain["second"]]
+        assert gain["differences"] == pytest.approx([first[s] - second[s] for s in SEEDS])
+
+    report_runs = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.stage = 'report'"
+    )
+    assert len(report_runs) == 1 and report_runs[0].info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(report_runs[0].info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/table.tex"} <= logged
+    assert "report/report.json" in logged
+
+
+def test_intervals_equal_scipys_on_hand_made_inputs():
+    values = [0.81, 0.86, 0.9, 0.74, 0.88]
+    summary = summarize(values)
+    low, high = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert (summary.ci_low, summary.ci_high) == pytest.approx((low, high), abs=1e-12)
+    assert summary.std == pytest.approx(np.std(values, ddof=1))
+
+    pairs = {0: (0.9, 0.7), 1: (0.85, 0.8), 2: (0.95, 0.6), 3: (0.8, 0.82), 4: (0.9, 0.75)}
+    differences = np.array([a - b for a, b in pairs.values()])
+    gain = paired_gain("fine_tune", "scratch", pairs)
+    bca = stats.bootstrap(
+        (differences,), np.mean, n_resamples=9999, method="BCa", random_state=0
+    ).confidence_interval
+    assert (gain.bca_low, gain.bca_high) == pytest.approx((bca.low, bca.high), abs=1e-12)
+    t_low, t_high = stats.t.interval(0.95, 4, loc=differences.mean(), scale=stats.sem(differences))
+    assert (gain.t_low, gain.t_high) == pytest.approx((t_low, t_high), abs=1e-12)
+    # every one of the 2^5 sign flips, counted by hand
+    flipped = [abs(np.mean(differences * s)) for s in itertools.product((1, -1), repeat=5)]
+    extreme = sum(m >= abs(differences.mean()) - 1e-12 for m in flipped)
+    assert gain.p_value == pytest.approx(extreme / 32)
+    assert gain.wins == 0.8
+
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    # best of two draws from {0.1, 0.2, 0.3}: P(0.1) = 1/9, P(0.2) = 3/9, P(0.3) = 5/9
+    mean, variance = expected_max([0.3, 0.1, 0.2], 2)
+    assert mean == pytest.approx(2.2 / 9)
+    assert variance == pytest.approx((0.01 + 3 * 0.04 + 5 * 0.09) / 9 - (2.2 / 9) ** 2)
+
+
+def test_rendering_twice_differs_only_in_the_generated_line(study, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert write(study, first, "log_to_mlflow=false") == 0
+    assert write(study, second, "log_to_mlflow=false") == 0
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    assert {"report.html", "report.md", "report.json", "table.tex"} <= set(names)
+    assert any(name.endswith(".png") for name in names)
+    for name in names:
+        a, b = (first / name).read_bytes(), (second / name).read_bytes()
+        if a == b:
+            continue
+        differing = [(x, y) for x, y in zip(a.splitlines(), b.splitlines(), strict=True) if x != y]
+        assert len(differing) == 1 and b"generated" in differing[0][0], name
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")
+    return found
+
+
+def test_the_html_renders_in_headless_chromium(study, tmp_path):
+    folder = tmp_path / "report"
+    assert write(study, folder, "log_to_mlflow=false") == 0
+    html = (folder / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert html.count('src="data:image/png;base64,') >= 3
+    screenshot = tmp_path / "screenshot.png"
+    browser = subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,2400",
+            f"--screenshot={screenshot}",
+            (folder / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line]
+    assert console == [], console
+    pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280)
+    assert pixels.std() > 10  # text, tables and plots, not a blank page
+    assert (pixels < 128).mean() > 0.005
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["experiment_name=no-such-experiment"], "no-such-experiment"),
+        (["sweep_id=no-such-sweep"], "no-such-sweep"),
+        (["tags.dataset=no-such-dataset"], "nothing to report"),
+        (["no_such_key=1"], "no_such_key"),
+    ],
+)
+def test_report_mistakes_exit_2_with_one_line_and_nothing_written(
+    study, tmp_path, capsys, arguments, message
+):
+    client = MlflowClient(study)
+    before = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
+    assert write(study, tmp_path / "report", *arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and message in error and "\n" not in error
+    assert not (tmp_path / "report").exists()
+    after = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
+    assert after == before
+
+
+def test_a_store_that_does_not_exist_is_refused_not_created(tmp_path, capsys):
+    db = tmp_path / "nowhere" / "mlflow.db"
+    assert write(f"sqlite:///{db}", tmp_path / "report") == 2
+    assert reproduce_main(["0123abcd", f"tracking_uri=sqlite:///{db}"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(str(db) in line for line in errors)
+    assert not db.parent.exists() and not (tmp_path / "report").exists()
+
+
+def test_reproduce_matches_then_catches_an_altered_metric(study, capsys):
+    client = MlflowClient(study)
+    parents, stages = samples(client)
+    original = next(r for r in parents if seed_of(r) == 1)
+    assert reproduce_main([original.info.run_id, f"tracking_uri={study}"]) == 0
+    assert "reproduced: every final metric matches" in capsys.readouterr().out
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    [again] = client.search_runs([experiment_id], f"tags.reproduces = '{original.info.run_id}'")
+    assert again.data.tags["reproduced"] == "true" and again.info.status == "FINISHED"
+
+    fine_tune = next(
+        r for r in stages["fine_tune"] if r.data.tags["mlflow.parentRunId"] == original.info.run_id
+    )
+    altered = fine_tune.data.metrics["test_accuracy"] + 0.125
+    client.log_metric(fine_tune.info.run_id, "test_accuracy", altered)
+    # a stage run's id stands for its parent
+    assert reproduce_main([fine_tune.info.run_id, f"tracking_uri={study}"]) == 1
+    error = capsys.readouterr().err
+    assert "not reproduced: fine_tune.test_accuracy" in error
+    verdicts = client.search_runs([experiment_id], f"tags.reproduces = '{original.info.run_id}'")
+    assert sorted(r.data.tags["reproduced"] for r in verdicts) == ["false", "true"]
+
+    assert reproduce_main(["0123abcd", f"tracking_uri={study}"]) == 2
+    assert "run_id='0123abcd'" in capsys.readouterr().err
+
+
+def test_the_report_lists_reproductions_apart_from_samples(study, tmp_path):
+    client = MlflowClient(study)
+    parents, _ = samples(client)
+    original = next(r for r in parents if seed_of(r) == 2)
+    assert reproduce_main([original.info.run_id, f"tracking_uri={study}"]) == 0
+    assert write(study, tmp_path / "report", "log_to_mlflow=false") == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    checks = [r for r in report["reproductions"] if r["reproduces"] == original.info.run_id]
+    assert [c["reproduced"] for c in checks] == ["true"]
+    assert report["variants"][0]["seeds"] == list(SEEDS)  # the re-run is not a fourth sample
+    assert original.info.run_id[:8] in (tmp_path / "report" / "report.md").read_text()

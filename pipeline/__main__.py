@@ -8,13 +8,19 @@ from omegaconf import DictConfig
 from pipeline.config import register_configs
 from pipeline.guard import EXIT_INTERRUPTED, run_guarded
 from pipeline.preflight import exit_if_invalid
-from pipeline.runtime import configured, interrupts_unwind, quiet_tensorflow_startup
+from pipeline.runtime import (
+    configured,
+    import_tensorflow_quietly,
+    interrupts_unwind,
+    quiet_tensorflow_startup,
+)
 
 register_configs()
 
 
 def configured_experiment(cfg: DictConfig) -> float:
-    from pipeline.experiment import run_experiment  # TensorFlow loads only after composition
+    import_tensorflow_quietly()  # TensorFlow loads only after composition
+    from pipeline.experiment import run_experiment
 
     with configured(cfg):
         return run_experiment(cfg)

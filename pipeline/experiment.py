@@ -15,9 +15,11 @@ from functools import partial
 import keras
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.backbones import APPLICATIONS, build_backbone
+from pipeline.backbones import build_backbone
+from pipeline.catalog import APPLICATIONS
 from pipeline.config import Config
 from pipeline.data import TaskData, load_task
+from pipeline.errors import ConfigError
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import (
     config_hash,
@@ -126,21 +128,25 @@ def run_stages(
 ):
     """Each configured stage in its own child run; fine-tuning continues feature extraction.
 
-    The pretrained backbone is fetched (or pretrained) only when feature extraction needs it.
+    The pretrained backbone is fetched (or pretrained) first, and only when feature extraction
+    needs it.
     A stage that fails ends its run FAILED and the stages that do not depend on it still run.
     Returns the results of the stages that finished and the errors of the others.
     """
     done: dict[str, StageResult] = {}
     rows, failures = [], {}
     backbone = None
+    if "feature_extraction" in ctx.cfg.stages:
+        try:  # before any stage trains: weights that cannot load are a config mistake (exit 2)
+            backbone = pretrained()  # tagged on the parent run
+        except ConfigError:
+            raise
+        except Exception as error:
+            failures["feature_extraction"] = f"pretrained backbone: {type(error).__name__}: {error}"
+            log.error("stage feature_extraction failed: %s", failures["feature_extraction"])
     for stage in ctx.cfg.stages:
-        if stage == "feature_extraction":
-            try:  # tagged on the parent run, before the stage's own run starts
-                backbone = pretrained()
-            except Exception as error:
-                failures[stage] = f"pretrained backbone: {type(error).__name__}: {error}"
-                log.error("stage %s failed: %s", stage, failures[stage])
-                continue
+        if stage == "feature_extraction" and backbone is None:
+            continue
         if stage == "fine_tune" and "feature_extraction" not in done:
             failures[stage] = "not run: feature_extraction failed"
             continue

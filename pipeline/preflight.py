@@ -1,8 +1,9 @@
 """Composition checked before Hydra runs anything, so that a config mistake is one line.
 
 Hydra reports a bad override in several lines plus a hint about stack traces. Here the command
-line's overrides are composed with Hydra's own compose API first (every value of a sweep too); a
-mistake comes back as one line that names the key or option and what is allowed.
+line's overrides are composed with Hydra's own compose API first (every value of a sweep too) and
+each composition's values are checked (pipeline/validation.py); a mistake comes back as one line
+that names the key or option and what is allowed, before TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import Config
+from pipeline.errors import ConfigError
 from pipeline.guard import full_errors
+from pipeline.validation import check_config
 
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
 
@@ -95,11 +98,15 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
         for candidate in candidates:
             try:
                 cfg = compose(config_name, overrides=candidate)
-                OmegaConf.to_object(cfg)
+                config = OmegaConf.to_object(cfg)
             except (ConfigCompositionException, OmegaConfBaseException) as error:
                 return one_line(error)
             for key in extra_keys(cfg, Config):
                 return unknown_key(key)
+            try:
+                check_config(config)
+            except ConfigError as error:
+                return str(error)
     return None
 
 

@@ -21,7 +21,12 @@ from omegaconf import OmegaConf
 from pipeline.config import Config, register_configs
 from pipeline.errors import ConfigError
 from pipeline.guard import EXIT_CONFIG, EXIT_ERROR
-from pipeline.runtime import configured, interrupts_unwind, quiet_tensorflow_startup
+from pipeline.runtime import (
+    configured,
+    import_tensorflow_quietly,
+    interrupts_unwind,
+    quiet_tensorflow_startup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,7 @@ def finals(invocation) -> dict[str, dict[str, float]]:
 
 
 def reproduce(run_id: str, options: ReproduceOptions) -> int:
+    import_tensorflow_quietly()
     from pipeline.experiment import run_experiment
     from pipeline.tracking.reports import open_run, tag_run
     from pipeline.tracking.store import resolve_uri

@@ -8,7 +8,10 @@ caller that runs a command in-process (a notebook, a test) gets its process back
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +28,43 @@ def quiet_tensorflow_startup() -> None:
     """TensorFlow's C++ start-up chatter hides the progress; warnings and errors still show.
     Read by TensorFlow when it loads: call before importing it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# Printed by absl while TensorFlow's libraries load, before TF_CPP_MIN_LOG_LEVEL is consulted,
+# and (as an error) when looking for a GPU on a machine without a CUDA driver.
+STARTUP_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog"
+    r"|[IW]\d{4} "
+    r"|E\d{4} .*failed call to cuInit)"
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up info lines filtered from stderr (other lines pass).
+
+    With TF_CPP_MIN_LOG_LEVEL=0 set by the user nothing is filtered.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        import tensorflow
+
+        return
+    quiet_tensorflow_startup()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices("GPU")  # CUDA's probe, while captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if not STARTUP_CHATTER.match(line):
+                    print(line, file=sys.stderr)
 
 
 @contextmanager

@@ -20,7 +20,8 @@ from pathlib import Path
 import keras
 from hydra.core.hydra_config import HydraConfig
 
-from pipeline.backbones import block_count, build_backbone
+from pipeline.backbones import build_backbone
+from pipeline.catalog import block_count
 from pipeline.config import Config, SearchConfig
 from pipeline.data import TaskData, augmenting
 from pipeline.model import build_head, save_weights_atomically, stack

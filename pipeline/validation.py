@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.backbones import APPLICATIONS, BACKBONES, block_count, min_image_size
-from pipeline.config import STAGES, Config
-from pipeline.data import EMBEDDED_LOADERS
+from pipeline.catalog import APPLICATIONS, BACKBONES, block_count, min_image_size
+from pipeline.config import STAGES, Config, Sampling
+from pipeline.data.embedded import EMBEDDED_LOADERS
 from pipeline.errors import ConfigError
 
 
@@ -31,7 +31,11 @@ def check_stages(stages: list[str]) -> None:
     )
 
 
+SEED_MAX = 2**32 - 1  # what keras.utils.set_random_seed (numpy) accepts
+
+
 def check_training(cfg: Config) -> None:
+    require(0 <= cfg.seed <= SEED_MAX, f"seed={cfg.seed} must be in 0..{SEED_MAX}")
     for stage in cfg.stages:
         rate = getattr(cfg.lr, stage)
         require(rate > 0, f"lr.{stage}={rate} must be > 0")
@@ -91,13 +95,26 @@ def check_dataset(cfg: Config) -> None:
     )
 
 
+# What Keras' load_weights reads: HDF5 (.h5, .weights.h5) or a .keras archive (a zip).
+WEIGHTS_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04")
+
+
+def weights_file(weights: str) -> bool:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    return head.startswith(WEIGHTS_SIGNATURES)
+
+
 def check_application(backbone) -> None:
     """keras.applications: imagenet, an existing local weights file, or null."""
     weights = backbone.weights
     require(
-        weights in ("imagenet", None) or Path(weights).expanduser().is_file(),
-        f"backbone.weights={weights!r} is not a file; allowed for {backbone.name}: "
-        "'imagenet', a local weights file (.h5), or null",
+        weights in ("imagenet", None) or weights_file(weights),
+        f"backbone.weights={weights!r} is not an HDF5 or .keras weights file; allowed for "
+        f"{backbone.name}: 'imagenet', a local weights file (.h5), or null",
     )
     require(backbone.alpha > 0, f"backbone.alpha={backbone.alpha} must be > 0")
 
@@ -119,6 +136,11 @@ def check_in_house(backbone) -> None:
         "backbone.source.tfds_name is empty but backbone.source.dataset='tfds'",
     )
     require(source.epochs >= 1, f"backbone.source.epochs={source.epochs} must be >= 1")
+    require(source.batch_size >= 1, f"backbone.source.batch_size={source.batch_size} must be >= 1")
+    require(
+        source.max_examples is None or source.max_examples >= 1,
+        f"backbone.source.max_examples={source.max_examples} must be >= 1 or null (all)",
+    )
     require(
         source.learning_rate > 0,
         f"backbone.source.learning_rate={source.learning_rate} must be > 0",
@@ -173,6 +195,12 @@ def check_search_space(cfg: Config) -> None:
         cfg.search.tuner != "grid" or rate.step is not None,
         "search.learning_rate.step=null but search.tuner='grid' needs a step "
         "(with log sampling a factor, e.g. 10)",
+    )
+    log_sampling = Sampling(rate.sampling) != Sampling.linear  # the step is then a factor
+    require(
+        rate.step is None or (rate.step > 1 if log_sampling else rate.step > 0),
+        f"search.learning_rate.step={rate.step} with sampling={Sampling(rate.sampling).value}: "
+        + ("a factor > 1 (e.g. 10)" if log_sampling else "a step > 0"),
     )
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.backbones import APPLICATIONS, block_count, build_backbone, named_blocks
+from pipeline.backbones import build_backbone, named_blocks
+from pipeline.catalog import APPLICATIONS, block_count
 from pipeline.config import BackboneConfig
 from pipeline.errors import ConfigError
 from pipeline.model import unfreeze_top
@@ -80,14 +81,27 @@ def test_weights_of_another_width_fail_naming_key_and_alpha():
         build_backbone(cfg, (96, 96, 3))
 
 
+@needs_weights
+def test_weights_that_do_not_load_exit_2_before_any_stage_trains(tmp_path, store_uri, client):
+    mismatched = [f"backbone.weights={weights('0.35')}", "backbone.alpha=1.0"]
+    overrides = ["debug=smoke", "backbone=mobilenet_v2", "dataset.image_size=32", *mismatched]
+    done = run_cli([*overrides, f"tracking.uri={store_uri}"], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not fit mobilenet_v2 alpha=1.0" in errors[0]
+    grouped = runs_by_stage(client)
+    assert set(grouped) == {"parent"}, "no stage ran"
+    assert grouped["parent"][0].info.status == "FAILED"
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         (["freeze.unfreeze_blocks=18"], "freeze.unfreeze_blocks=18 but mobilenet_v2 has 17 blocks"),
         (["dataset.image_size=24"], "dataset.image_size=24 is below mobilenet_v2's minimum"),
         (["backbone=xception", "dataset.image_size=64"], "below xception's minimum input size 71"),
-        (["backbone.weights=/no/such.h5"], "backbone.weights='/no/such.h5' is not a file"),
-        (["backbone.weights=source"], "backbone.weights='source' is not a file"),
+        (["backbone.weights=/no/such.h5"], "backbone.weights='/no/such.h5' is not an HDF5"),
+        (["backbone.weights=source"], "backbone.weights='source' is not an HDF5"),
     ],
 )
 def test_impossible_compositions_fail_before_any_training(overrides, expected):

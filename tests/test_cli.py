@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline import PROJECT_ROOT
 from tests.conftest import compose_config, run_cli, runs_by_stage
 
 
@@ -49,6 +52,9 @@ def test_summary_table_and_mlflow_ui_command_are_printed(tmp_path, store_uri, cl
     assert {row.split()[-1] for row in rows} <= run_ids
     assert f"mlflow ui --backend-store-uri {store_uri} --host 127.0.0.1" in done.stdout
     assert re.search(r"fine_tune epoch 1/1 .*val_accuracy=", done.stderr + done.stdout)
+    # TensorFlow's start-up chatter (absl, oneDNN, CUDA probe) is kept out of the terminal
+    assert "absl::InitializeLog" not in done.stderr and "cuInit" not in done.stderr
+    assert not re.search(r"^[IWE]\d{4} ", done.stderr, re.MULTILINE), done.stderr[:2000]
 
 
 @pytest.mark.parametrize(
@@ -85,6 +91,32 @@ def test_composition_mistakes_exit_2_in_one_line_before_anything_runs(tmp_path, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (tmp_path / "out").exists(), "nothing ran: no output folder"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["seed=-1"],
+        ["freeze.unfreeze_blocks=20"],
+        ["backbone.source.max_examples=0"],
+        ["-m", "seed=0,1", "search=hyperband", "search.hyperband.iterations=0"],
+    ],
+)
+def test_value_mistakes_exit_2_in_one_line_before_tensorflow_is_imported(args):
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['pipeline', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as done:\n"
+        "    print(done.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):

@@ -7,13 +7,15 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from pipeline.backbones import APPLICATIONS
+from pipeline import PROJECT_ROOT
+from pipeline.catalog import APPLICATIONS
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.preflight import check_composition
 from pipeline.validation import check_config
 from tests.conftest import CONF_DIR, compose_config
 
+README = PROJECT_ROOT / "README.md"  # a file that is not weights
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
@@ -77,6 +79,25 @@ def test_unknown_option_lists_the_available_ones():
         (["stages=[]"], "is empty"),
         (["dataset.train_per_class=0"], "dataset.train_per_class=0 must be >= 1"),
         (["backbone.weights=imagenet"], "backbone.weights='imagenet'"),
+        (["seed=-1"], "seed=-1 must be in 0..4294967295"),
+        (["backbone.source.batch_size=0"], "backbone.source.batch_size=0 must be >= 1"),
+        (["backbone.source.max_examples=0"], "backbone.source.max_examples=0 must be >= 1"),
+        (
+            ["search=grid", "search.learning_rate.step=1"],
+            "search.learning_rate.step=1.0 with sampling=log: a factor > 1",
+        ),
+        (
+            ["search=grid", "search.learning_rate.sampling=linear", "search.learning_rate.step=0"],
+            "search.learning_rate.step=0.0 with sampling=linear: a step > 0",
+        ),
+        (
+            ["search=hyperband", "search.hyperband.iterations=0"],
+            "search.hyperband.iterations=0 must be >= 1",
+        ),
+        (
+            ["backbone=mobilenet_v2", "dataset.image_size=32", f"backbone.weights={README}"],
+            "is not an HDF5 or .keras weights file",
+        ),
     ],
 )
 def test_impossible_values_fail_with_the_key_and_what_is_allowed(overrides, expected):

@@ -3,28 +3,34 @@
 Sources: `embedded` (ships inside a package), `tfds` (any TensorFlow Datasets name) and `folder`
 (one subfolder per class). Label tasks, the low-data regime and augmentation apply to all of them.
 Modules: splits (in-memory splits, batching), embedded, tfds_source, folder, labels, task.
+
+The names below load their module (and TensorFlow) on first use, so that checking a config, which
+imports `pipeline.data.embedded`, does not import TensorFlow.
 """
 
-from pipeline.data.embedded import EMBEDDED_LOADERS, load_embedded
-from pipeline.data.splits import (
-    Split,
-    TaskData,
-    augmenting,
-    batches,
-    per_class_sample,
-    split_task,
-)
-from pipeline.data.task import load_source_task, load_task
+from __future__ import annotations
 
-__all__ = [
-    "EMBEDDED_LOADERS",
-    "Split",
-    "TaskData",
-    "augmenting",
-    "batches",
-    "load_embedded",
-    "load_source_task",
-    "load_task",
-    "per_class_sample",
-    "split_task",
-]
+from importlib import import_module
+
+EXPORTS = {
+    "EMBEDDED_LOADERS": "embedded",
+    "load_embedded": "embedded",
+    "Split": "splits",
+    "TaskData": "splits",
+    "augmenting": "splits",
+    "batches": "splits",
+    "per_class_sample": "splits",
+    "split_task": "splits",
+    "load_source_task": "task",
+    "load_task": "task",
+}
+
+__all__ = sorted(EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -62,8 +62,8 @@ def pretrained(cfg, task):
     from pipeline.pretrain import LocalWeightsStore, pretrained_backbone, recipe_of
 
     store = LocalWeightsStore(Path(cfg.tracking.untracked_cache))
-    backbone = pretrained_backbone(cfg.backbone, task.input_shape, cfg.seed, store, False).model
-    path, _ = store.find(recipe_of(cfg.backbone, task.input_shape, cfg.seed)["hash"])
+    backbone = pretrained_backbone(cfg.backbone, task.input_shape, store, False).model
+    path, _ = store.find(recipe_of(cfg.backbone, task.input_shape)["hash"])
     return backbone, path
 
 

@@ -26,6 +26,7 @@ from pipeline.provenance import (
     git_commit,
     hydra_tags,
     package_versions,
+    run_name,
     variant_hash,
 )
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
@@ -73,7 +74,7 @@ def backbone_for_transfer(
         tracker.set_tags({"backbone_weights": str(cfg.backbone.weights or "random")})
         return build_backbone(cfg.backbone, input_shape)
     store = tracker.weights_store()
-    pretrained = pretrained_backbone(cfg.backbone, input_shape, cfg.seed, store, progress_bar)
+    pretrained = pretrained_backbone(cfg.backbone, input_shape, store, progress_bar)
     tracker.set_tags(
         {
             "backbone_run_id": pretrained.reference,
@@ -98,7 +99,7 @@ def log_stage(tracker: Tracker, result: StageResult) -> None:
             "best_val_accuracy": result.best_val_accuracy,
             "test_loss": result.test_loss,
             "test_accuracy": result.test_accuracy,
-            "best_epoch": result.fit.best_epoch,
+            "best_epoch": result.fit.best_epoch + 1,  # counted from 1, like the terminal's
             "epochs_run": result.fit.epochs,
             "seconds": result.seconds,
         }
@@ -196,8 +197,9 @@ def run_tracked(
 ) -> float:
     """The parent run and its stages; the last stage's best validation accuracy."""
     progress_bar = sys.stdout.isatty()
-    name = f"{config.dataset.name}-{config.backbone.name}-seed{config.seed}"
     tags = parent_tags(config, resolved, extra_tags)
+    command = tags.get("command", "")
+    name = run_name(config.dataset.name, config.backbone.name, config.seed, command)
     with tracker.experiment_run(name, tags) as parent_id:
         tracker.log_config(resolved)
         log_skipped_files(tracker, task.skipped_files)

@@ -1,6 +1,7 @@
 """Source-task pretraining of in-house backbones, once per distinct recipe.
 
-A recipe is the backbone config, the input shape and the seed; its hash names the result. Where the
+A recipe is the backbone config (its `source.seed` included) and the input shape; its hash names
+the result. Where the
 weights are kept (an MLflow run, or a local folder when tracking is off) is the store's business.
 """
 
@@ -66,16 +67,17 @@ class LocalWeightsStore:
         return str(target)
 
 
-def recipe_of(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> dict:
+def recipe_of(cfg: BackboneConfig, input_shape: tuple[int, ...]) -> dict:
     """Everything that determines the pretrained weights, with its hash."""
     plain = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
-    recipe = {"backbone": plain, "input_shape": list(input_shape), "seed": seed}
+    recipe = {"backbone": plain, "input_shape": list(input_shape), "seed": cfg.source.seed}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     return {**recipe, "hash": digest}
 
 
-def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, progress_bar: bool):
+def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], progress_bar: bool):
     """Train backbone + head on the source task; return the backbone and its source metrics."""
+    seed = cfg.source.seed
     source = load_source_task(cfg.source, seed, input_shape)  # conformed to the target's shape
     keras.utils.set_random_seed(seed)
     backbone = build_backbone(cfg, input_shape)
@@ -100,12 +102,11 @@ def pretrain(cfg: BackboneConfig, input_shape: tuple[int, ...], seed: int, progr
 def pretrained_backbone(
     cfg: BackboneConfig,
     input_shape: tuple[int, ...],
-    seed: int,
     store: WeightsStore,
     progress_bar: bool,
 ) -> PretrainedBackbone:
     """The backbone pretrained on its source task: reused from `store`, or trained and stored."""
-    recipe = recipe_of(cfg, input_shape, seed)
+    recipe = recipe_of(cfg, input_shape)
     backbone = build_backbone(cfg, input_shape)
     found = store.find(recipe["hash"])
     if found is not None:
@@ -113,7 +114,7 @@ def pretrained_backbone(
         backbone.load_weights(path)
         log.info("reusing pretrained %s (recipe %s) from %s", cfg.name, recipe["hash"], reference)
         return PretrainedBackbone(backbone, recipe["hash"], reference, reused=True)
-    trained, metrics = pretrain(cfg, input_shape, seed, progress_bar)
+    trained, metrics = pretrain(cfg, input_shape, progress_bar)
     with tempfile.TemporaryDirectory() as tmp:
         weights_file = Path(tmp) / WEIGHTS_FILE
         trained.save_weights(weights_file)

@@ -69,6 +69,27 @@ def variant_hash(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+CONFIG_GROUPS = frozenset(p.name for p in (PROJECT_ROOT / "conf").iterdir() if p.is_dir())
+# Overrides that the name shows otherwise (dataset, backbone, seed) or that change no result.
+UNNAMED = ("dataset", "backbone", "seed", "tracking", "hydra")
+
+
+def run_name(dataset: str, backbone: str, seed: int, command: str) -> str:
+    """What tells a run apart in the UI's list: `<dataset>-<backbone>-<changes>-seed<N>`.
+
+    The changes are the command's overrides: a config group by its option (`top2`, `smoke`), any
+    other key as `key=value`; a preset (`experiment=...`) stands in for dataset and backbone.
+    """
+    head, changes = [dataset, backbone], []
+    for override in shlex.split(command)[3:]:  # after `python -m pipeline`
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "experiment":
+            head = [value]
+        elif key.split(".")[0] not in UNNAMED and not key.startswith("-"):
+            changes.append(value if key in CONFIG_GROUPS else f"{key}={value}")
+    return "-".join([*head, *changes, f"seed{seed}"])
+
+
 def hydra_tags() -> dict[str, str]:
     """The command that reproduces this job, its output folder and, in a sweep, the sweep's id."""
     if not HydraConfig.initialized():

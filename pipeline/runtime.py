@@ -78,15 +78,33 @@ def interrupts_unwind() -> Iterator[None]:
 
 
 @contextmanager
+def environment_default(name: str, value: str) -> Iterator[None]:
+    """`name=value` in the environment for the block, unless the user set it; then as it was."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+# MLflow's download bar for a reused backbone's weights: one more line of noise per run.
+ARTIFACT_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
 def configured(cfg: Config) -> Iterator[None]:
-    """Seeds, optional op determinism and quiet TensorFlow for the block, then as they were."""
+    """Seeds, optional op determinism, quiet TensorFlow and MLflow for the block, then as they
+    were."""
     import keras
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config  # the public API cannot undo it
 
     level = tf.get_logger().level
     was_deterministic = tf_config.is_op_determinism_enabled()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), environment_default(ARTIFACT_PROGRESS_BAR, "false"):
         # Keras warns that fit's shuffle=True is ignored for tf.data: ours shuffle themselves.
         warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
         tf.get_logger().setLevel("ERROR")  # retracing notices from predicting on several splits

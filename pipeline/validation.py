@@ -136,6 +136,10 @@ def check_in_house(backbone) -> None:
         "backbone.source.tfds_name is empty but backbone.source.dataset='tfds'",
     )
     require(source.epochs >= 1, f"backbone.source.epochs={source.epochs} must be >= 1")
+    require(
+        0 <= source.seed <= SEED_MAX,
+        f"backbone.source.seed={source.seed} must be in 0..{SEED_MAX}",
+    )
     require(source.batch_size >= 1, f"backbone.source.batch_size={source.batch_size} must be >= 1")
     require(
         source.max_examples is None or source.max_examples >= 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,25 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     return subprocess.run(
         command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def chromium() -> str:
+    """Debian's headless-capable Chromium; .ci/run installs it, so in CI this never skips."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")
+    return found
+
+
+def headless(url: str, profile: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`url` in headless Chromium with `flags` (--screenshot=..., --dump-dom), its console logged
+    on stderr."""
+    command = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--enable-logging=stderr", "--v=0",
+        f"--user-data-dir={profile}", *flags, url,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
 
 def runs_by_stage(client: MlflowClient, experiment: str = "transfer-lab") -> dict[str, list]:

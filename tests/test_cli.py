@@ -51,6 +51,11 @@ def test_summary_table_and_mlflow_ui_command_are_printed(tmp_path, store_uri, cl
     run_ids = {run.info.run_id for runs in runs_by_stage(client).values() for run in runs}
     assert {row.split()[-1] for row in rows} <= run_ids
     assert f"mlflow ui --backend-store-uri {store_uri} --host 127.0.0.1" in done.stdout
+    experiment = client.get_experiment_by_name("transfer-lab")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" in done.stdout
+    (parent,) = runs_by_stage(client)["parent"]
+    assert parent.info.run_name == "digits-small_cnn-smoke-seed0"
     assert re.search(r"fine_tune epoch 1/1 .*val_accuracy=", done.stderr + done.stdout)
     # TensorFlow's start-up chatter (absl, oneDNN, CUDA probe) is kept out of the terminal
     assert "absl::InitializeLog" not in done.stderr and "cuInit" not in done.stderr

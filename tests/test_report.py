@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from pipeline.report import __main__ as report_cli
 from pipeline.report.statistics import expected_max, holm, paired_gain, summarize
 from pipeline.reproduce import main as reproduce_main
 from pipeline.runtime import configured
-from tests.conftest import compose_config
+from tests.conftest import compose_config, headless
 
 SEEDS = (0, 1, 2)
 EXPERIMENT = "transfer-lab"
@@ -176,13 +174,6 @@ def test_rendering_twice_differs_only_in_the_generated_line(study, tmp_path):
         assert len(differing) == 1 and b"generated" in differing[0][0], name
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")
-    return found
-
-
 def test_the_html_renders_in_headless_chromium(study, tmp_path):
     folder = tmp_path / "report"
     assert write(study, folder, "log_to_mlflow=false") == 0
@@ -190,23 +181,11 @@ def test_the_html_renders_in_headless_chromium(study, tmp_path):
     assert "http://" not in html and "https://" not in html  # self-contained
     assert html.count('src="data:image/png;base64,') >= 3
     screenshot = tmp_path / "screenshot.png"
-    browser = subprocess.run(
-        [
-            chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--enable-logging=stderr",
-            "--v=0",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1280,2400",
-            f"--screenshot={screenshot}",
-            (folder / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+    browser = headless(
+        (folder / "report.html").as_uri(),
+        tmp_path / "profile",
+        "--window-size=1280,2400",
+        f"--screenshot={screenshot}",
     )
     assert browser.returncode == 0, browser.stderr[-2000:]
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line]

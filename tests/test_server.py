@@ -12,7 +12,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli, runs_by_stage
+from tests.conftest import headless, run_cli, runs_by_stage
 
 
 def free_port() -> int:
@@ -57,6 +57,19 @@ def test_experiment_logs_through_a_tracking_server(tmp_path, server):
     assert all(run.info.status == "FINISHED" for group in runs.values() for run in group)
     (fine,) = runs["fine_tune"]
     artifacts = {a.path for a in client.list_artifacts(fine.info.run_id)}
-    assert "learning_curve_fine_tune.png" in artifacts
-    assert list((tmp_path / "server-artifacts").rglob("learning_curve_fine_tune.png"))
-    assert f"open {server} in a browser" in done.stdout
+    assert "learning_curve.png" in artifacts
+    assert list((tmp_path / "server-artifacts").rglob("learning_curve.png"))
+    experiment = client.get_experiment_by_name("transfer-lab")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs_table = f"{server}/#/experiments/{experiment.experiment_id}/runs"
+    assert f"open {runs_table} in a browser" in done.stdout
+    # the printed link opens on the runs table, the parent run listed by its name
+    (parent,) = runs["parent"]
+    assert parent.info.run_name == "digits-small_cnn-smoke-seed0"
+    budget = "--virtual-time-budget=30000"  # the UI's JavaScript fetches the runs meanwhile
+    page = headless(runs_table, tmp_path / "profile", budget, "--dump-dom")
+    assert page.returncode == 0, page.stderr[-2000:]
+    assert 'role="grid"' in page.stdout and parent.info.run_name in page.stdout
+    screenshot = tmp_path / "runs.png"
+    shot = headless(runs_table, tmp_path / "profile", budget, f"--screenshot={screenshot}")
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000

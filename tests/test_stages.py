@@ -20,7 +20,7 @@ def make_context(tmp_path, *overrides: str) -> tuple[StageContext, keras.Model]:
     config = OmegaConf.to_object(cfg)
     task = load_task(config.dataset, config.seed)
     store = LocalWeightsStore(tmp_path / "backbones")
-    backbone = pretrained_backbone(config.backbone, task.input_shape, config.seed, store, False)
+    backbone = pretrained_backbone(config.backbone, task.input_shape, store, False)
     return StageContext(config, task), backbone.model
 
 

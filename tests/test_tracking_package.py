@@ -191,7 +191,7 @@ def test_the_read_side_groups_invocations_into_variants_over_seeds(smoke, client
         fine = invocation.stages["fine_tune"]
         assert fine.metrics["test_accuracy"] == invocation.parent.metrics["fine_tune_test_accuracy"]
         history = reader.metric_history(fine.run_id, "val_accuracy")
-        assert [step for step, _ in history] == list(range(int(fine.metrics["epochs_run"])))
+        assert [step for step, _ in history] == list(range(1, int(fine.metrics["epochs_run"]) + 1))
     grouped = variants(invocations)
     assert sorted(sorted(v.seeds) for v in grouped) == [[0], [0, 1]]
     assert len({invocation.config_hash for invocation in invocations}) == 3

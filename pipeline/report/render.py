@@ -24,6 +24,22 @@ def interval(low, high) -> str:
     return "-" if low is None else f"[{low:.4f}, {high:.4f}]"
 
 
+def pretraining_clause(report: dict) -> str:
+    """Whether the seeds of a variant shared one pretrained backbone (backbone.source.seed)."""
+    counts = [len(v["provenance"]["backbone_runs"]) for v in report["variants"]]
+    if not any(counts):
+        return ""
+    if max(counts) > 1:
+        return (
+            " The pretrained backbone varies across seeds too (pretrained per seed: "
+            "backbone.source.seed follows the seed), so pretraining's randomness is sampled."
+        )
+    return (
+        " Every seed of a variant transferred the same pretrained backbone (backbone.source.seed "
+        "is fixed): pretraining's own randomness is not sampled."
+    )
+
+
 def statement(report: dict) -> str:
     """What varies, how the intervals were computed, n per cell, std vs standard error."""
     cells = sorted({v["n"] for v in report["variants"]})
@@ -44,6 +60,7 @@ def statement(report: dict) -> str:
         "Holm-corrected across the comparisons of a variant. Variants with fewer than 3 seeds "
         "are flagged."
     )
+    text += pretraining_clause(report)
     if tuners:
         text += (
             " The expected best validation score as a function of the number of trials follows "

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class MetricsBuffer:
-    """Every epoch's metrics (step = epoch) for one run, never per batch."""
+    """Every epoch's metrics (step = epoch, counted from 1) for one run, never per batch."""
 
     def __init__(self, writer: Writer, run_id: str, flush_s: float, prefix: str = ""):
         self.writer, self.run_id = writer, run_id
@@ -41,14 +41,16 @@ class MetricsBuffer:
 
 
 class MetricsCallback(keras.callbacks.Callback):
-    """Every epoch's metrics (step = epoch) to a buffer, flushed when training ends."""
+    """Every epoch's metrics to a buffer, flushed when training ends. Epochs are counted from 1,
+    as the terminal's `epoch 3/100` and the `best_epoch` metric count them (Keras counts from 0).
+    """
 
     def __init__(self, buffer: MetricsBuffer):
         super().__init__()
         self.buffer = buffer
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.buffer.add(epoch, {name: float(value) for name, value in (logs or {}).items()})
+        self.buffer.add(epoch + 1, {name: float(value) for name, value in (logs or {}).items()})
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.buffer.flush()

@@ -32,6 +32,9 @@ from pipeline.tracking.writer import Writer
 
 log = logging.getLogger(__name__)
 
+# One name in every stage run, so that MLflow's compare view shows the stages' curves side by side.
+LEARNING_CURVE = "learning_curve.png"
+
 
 class MlflowTracker:
     """The run tree of one invocation in an MLflow store."""
@@ -137,7 +140,7 @@ class MlflowTracker:
 
         figure = learning_curve(history, stage, best_epoch)
         try:
-            self.writer.figure(self.current(), figure, f"learning_curve_{stage}.png")
+            self.writer.figure(self.current(), figure, LEARNING_CURVE)
         finally:
             close(figure)
 
@@ -171,6 +174,9 @@ class MlflowTracker:
         return dict(self.ids)
 
     def ui_command(self) -> str:
+        """How to see the runs: the UI command for a SQLite store, and the runs table's URL."""
+        runs = f"#/experiments/{self.experiment_id}/runs"
         if urlparse(self.uri).scheme == "sqlite":
-            return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
-        return f"open {redact_text(self.uri)} in a browser"
+            command = f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
+            return f"{command}, then open http://127.0.0.1:5000/{runs}"
+        return f"open {redact_text(self.uri).rstrip('/')}/{runs} in a browser"

@@ -64,14 +64,22 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+# MLflow 3's UI opens an experiment on what its kind says: runs for model development, traces
+# (an empty GenAI overview here) otherwise.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment `name`, created (artifacts pinned beside the store) if missing."""
+    """The id of experiment `name`, created (artifacts pinned beside the store) if missing, and
+    marked a model-development experiment so that the UI opens on its runs."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+            return client.create_experiment(
+                name, artifact_location=artifact_root_for(uri), tags=EXPERIMENT_KIND
+            )
         except MlflowException:  # created meanwhile by a parallel job
             experiment = client.get_experiment_by_name(name)
     if experiment.lifecycle_stage == "deleted":
@@ -79,6 +87,9 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
             f"tracking.experiment_name={name!r} is a deleted MLflow experiment; restore it "
             "(mlflow experiments restore) or choose another name"
         )
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:  # made before this tag was set; a user's choice is kept
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 

@@ -66,7 +66,7 @@ class TrialRuns:
         if record.score is not None:
             finals[f"best_{self.objective}"] = record.score
         if record.best_step is not None:
-            finals["best_epoch"] = float(record.best_step)
+            finals["best_epoch"] = float(record.best_step + 1)  # Keras Tuner's step is 0-based
         self.writer.final_metrics(run_id, finals)
         self.writer.tags(run_id, {"status": record.status})
         if record.error:
@@ -129,7 +129,8 @@ def trials_csv(trials: list[TrialRecord], objective: str) -> str:
     for t in trials:
         values = [t.values.get(name, "") for name in names]
         score = "" if t.score is None else t.score
-        writer.writerow([t.trial_id, t.status, *values, score, t.best_step, t.error or ""])
+        best_epoch = "" if t.best_step is None else t.best_step + 1
+        writer.writerow([t.trial_id, t.status, *values, score, best_epoch, t.error or ""])
     return out.getvalue()
 
 

@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.tracking.query import RunRecord, StoreReader, experiment_id, record_of
 from pipeline.tracking.runs import create_run, end_run
 from pipeline.tracking.secrets import redact_text
-from pipeline.tracking.store import check_reachable, sqlite_path
+from pipeline.tracking.store import check_reachable, check_sqlite_file, sqlite_path
 from pipeline.tracking.writer import Writer
 
 
@@ -25,6 +25,8 @@ def open_reader(uri: str, experiment_name: str) -> StoreReader:
         raise ConfigError(
             f"no MLflow store at {db}: run an experiment first, or pass tracking_uri="
         )
+    if db is not None:
+        check_sqlite_file(db)
     check_reachable(uri)
     client = MlflowClient(uri)
     found = experiment_id(client, experiment_name)
@@ -67,6 +69,8 @@ def open_run(uri: str, run_id: str) -> tuple[StoreReader, RunRecord]:
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ConfigError(f"no MLflow store at {db}: pass tracking_uri= or set MLFLOW_TRACKING_URI")
+    if db is not None:
+        check_sqlite_file(db)
     check_reachable(uri)
     client = MlflowClient(uri)
     try:

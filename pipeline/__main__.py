@@ -1,41 +1,22 @@
-"""`python -m pipeline [overrides]`: one experiment, or a sweep with `-m`."""
+"""`python -m pipeline [overrides]`: one experiment, or a sweep with `-m`.
+
+Everything is imported inside the `try`, so that Ctrl-C at any moment of start-up (imports,
+composition) is one line and exit 130, never a traceback.
+"""
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from pipeline.config import register_configs
-from pipeline.guard import EXIT_INTERRUPTED, run_guarded
-from pipeline.preflight import exit_if_invalid
-from pipeline.runtime import (
-    configured,
-    import_tensorflow_quietly,
-    interrupts_unwind,
-    quiet_tensorflow_startup,
-)
-
-register_configs()
-
-
-def configured_experiment(cfg: DictConfig) -> float:
-    import_tensorflow_quietly()  # TensorFlow loads only after composition
-    from pipeline.experiment import run_experiment
-
-    with configured(cfg):
-        return run_experiment(cfg)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    quiet_tensorflow_startup()
-    with interrupts_unwind():
-        return run_guarded(lambda: configured_experiment(cfg))
-
+EXIT_INTERRUPTED = 130
 
 if __name__ == "__main__":
     try:
+        from pipeline.config import register_configs
+        from pipeline.preflight import exit_if_invalid
+
+        register_configs()  # the schema, for composing (and checking) the command line first
         exit_if_invalid(sys.argv[1:])  # a config mistake is one line, before anything starts
+        from pipeline.cli import main
+
         main()
     except KeyboardInterrupt:  # before a job started: nothing was logged
         print("error: interrupted during start-up; nothing ran", file=sys.stderr)

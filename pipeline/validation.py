@@ -5,7 +5,9 @@ Every message names the offending key and value and what is allowed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pipeline.catalog import APPLICATIONS, BACKBONES, block_count, min_image_size
 from pipeline.config import STAGES, Config, Sampling
@@ -254,6 +256,41 @@ def check_search(cfg: Config) -> None:
     check_search_space(cfg)
 
 
+# Stores MLflow's client logs to; "" is a plain path (MLflow's file store).
+TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql")
+
+
+def writable_sqlite(path: Path) -> str | None:
+    """Why a SQLite store at `path` could not be written, or None."""
+    if path.exists():
+        return None if os.access(path, os.W_OK) else f"{path} is read-only"
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not a writable folder (the store would be created in it)"
+    return None
+
+
+def check_tracking(cfg: Config) -> None:
+    """The store's scheme, the experiment's name and a local store's write access, checked before
+    anything trains (the store itself is opened once the data has loaded)."""
+    tracking = cfg.tracking
+    if not tracking.enabled:
+        return
+    for key in ("experiment_name", "backbone_experiment"):
+        name = getattr(tracking, key)
+        require(bool(name and name.strip()), f"tracking.{key}={name!r} is empty; allowed: a name")
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2 is postgresql
+    require(
+        scheme in TRACKING_SCHEMES,
+        f"tracking.uri scheme {scheme!r} is not supported (use sqlite:///..., http(s)://..., "
+        "or a path)",
+    )
+    if scheme == "sqlite":
+        problem = writable_sqlite(Path(uri.removeprefix("sqlite:///")))
+        require(problem is None, f"tracking.uri: the SQLite store cannot be written: {problem}")
+
+
 def check_config(cfg: Config) -> None:
     """Raise ConfigError on the first impossible value; pass silently otherwise."""
     check_stages(cfg.stages)
@@ -262,3 +299,4 @@ def check_config(cfg: Config) -> None:
     check_backbone(cfg)
     check_freeze(cfg)
     check_search(cfg)
+    check_tracking(cfg)

@@ -98,6 +98,15 @@ def test_unknown_option_lists_the_available_ones():
             ["backbone=mobilenet_v2", "dataset.image_size=32", f"backbone.weights={README}"],
             "is not an HDF5 or .keras weights file",
         ),
+        (
+            ["tracking.uri=ftp://example.org/store"],
+            "tracking.uri scheme 'ftp' is not supported (use sqlite:///..., http(s)://..., or a",
+        ),
+        (["tracking.experiment_name=''"], "tracking.experiment_name='' is empty"),
+        (
+            [f"tracking.uri=sqlite:///{README}/mlflow.db"],
+            "tracking.uri: the SQLite store cannot be written",
+        ),
     ],
 )
 def test_impossible_values_fail_with_the_key_and_what_is_allowed(overrides, expected):

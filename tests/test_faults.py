@@ -109,3 +109,23 @@ def test_a_failing_sweep_job_does_not_stop_the_sweep(tmp_path, store_uri):
     parents = runs_by_stage(MlflowClient(store_uri))["parent"]
     statuses = {run.data.params["lr.scratch"]: run.info.status for run in parents}
     assert statuses == {"1000000000000.0": "FAILED", "0.001": "FINISHED"}
+
+
+@pytest.mark.parametrize("delay_s", [0.1, 0.15, 0.5, 1.0, 2.5])
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay_s):
+    """Imports, composition, TensorFlow's import: an interrupt anywhere there is one line."""
+    command = [sys.executable, "-m", "pipeline", "debug=smoke", "tracking=off"]
+    process = subprocess.Popen(
+        [*command, f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines

@@ -1,0 +1,33 @@
+"""The Hydra application behind `python -m pipeline`: compose, check, run one experiment a job."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline import PROJECT_ROOT
+from pipeline.config import register_configs
+from pipeline.guard import run_guarded
+from pipeline.runtime import (
+    configured,
+    import_tensorflow_quietly,
+    interrupts_unwind,
+    quiet_tensorflow_startup,
+)
+
+register_configs()
+
+
+def configured_experiment(cfg: DictConfig) -> float:
+    import_tensorflow_quietly()  # TensorFlow loads only after composition
+    from pipeline.experiment import run_experiment
+
+    with configured(cfg):
+        return run_experiment(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
+def main(cfg: DictConfig) -> float:
+    quiet_tensorflow_startup()
+    with interrupts_unwind():
+        return run_guarded(lambda: configured_experiment(cfg))

@@ -22,12 +22,11 @@ def configured_experiment(cfg: DictConfig) -> float:
     import_tensorflow_quietly()  # TensorFlow loads only after composition
     from pipeline.experiment import run_experiment
 
-    with configured(cfg):
+    with interrupts_unwind(), configured(cfg):  # from here on, Ctrl-C closes the runs
         return run_experiment(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     quiet_tensorflow_startup()
-    with interrupts_unwind():
-        return run_guarded(lambda: configured_experiment(cfg))
+    return run_guarded(lambda: configured_experiment(cfg))

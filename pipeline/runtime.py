@@ -69,12 +69,15 @@ def import_tensorflow_quietly() -> None:
 
 @contextmanager
 def interrupts_unwind() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt while the block runs; the old handler comes back after."""
-    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    """SIGTERM and Ctrl-C raise KeyboardInterrupt while the block runs; the old handlers come back
+    after (`python -m pipeline` ends at once on Ctrl-C outside a job: see pipeline/__main__.py)."""
+    previous_term = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 @contextmanager

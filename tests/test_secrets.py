@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from pipeline.tracking import open_tracker
 from pipeline.tracking.secrets import redact_text, redact_tree
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_cli
 
 
 def test_credentials_in_uris_and_secret_looking_keys_are_masked():
@@ -41,3 +41,17 @@ def test_logged_params_tags_and_config_artifact_carry_no_secret(store_uri, clien
     assert "s3cr3t" not in text and "k-123" not in text
     assert yaml.safe_load(text)["dataset"]["api_key"] == "***"
     assert run.data.params["tracking.uri"] == "https://alice:***@host"
+
+
+def test_a_password_in_the_tracking_uri_shows_nowhere_the_command_writes(tmp_path):
+    """Not on stderr (the unreachable-server line), not in Hydra's .hydra/ files."""
+    uri = "http://alice:s3cr3t-pw@127.0.0.1:9"
+    done = run_cli(["debug=smoke", f"tracking.uri={uri}"], tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "tracking.uri=http://alice:***@127.0.0.1:9 is unreachable" in done.stderr
+    assert "s3cr3t-pw" not in done.stdout + done.stderr
+    written = sorted((tmp_path / "out" / ".hydra").glob("*.yaml"))
+    assert [p.name for p in written] == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    for path in written:
+        assert "s3cr3t-pw" not in path.read_text(), path.name
+    assert "alice:***@127.0.0.1" in (tmp_path / "out" / ".hydra" / "overrides.yaml").read_text()

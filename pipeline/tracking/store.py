@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
+from pipeline.tracking.secrets import redact_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -61,8 +62,8 @@ def check_reachable(uri: str) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
     except requests.RequestException as error:
         raise ConfigError(
-            f"tracking.uri={uri} is unreachable ({type(error).__name__}); start the server "
-            "(mlflow server --host 127.0.0.1 --port 5000) or use tracking=sqlite"
+            f"tracking.uri={redact_text(uri)} is unreachable ({type(error).__name__}); "
+            "start the server (mlflow server --host 127.0.0.1 --port 5000) or use tracking=sqlite"
         ) from None
 
 

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from pipeline.backbones import named_blocks
+from pipeline.runtime import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,20 @@ class EpochLine(keras.callbacks.Callback):
         log.info("%s epoch %d/%d %s", self.label, epoch + 1, self.epochs, values)
 
 
+class StopWhenInterrupted(keras.callbacks.Callback):
+    """Ctrl-C or SIGTERM stops training at the next batch even when Python swallowed the
+    KeyboardInterrupt (raised inside a weak-reference callback, it is lost)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_if_interrupted()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_if_interrupted()
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_if_interrupted()
+
+
 def fit(
     model: keras.Model,
     train,
@@ -148,7 +163,7 @@ def fit(
         train,
         validation_data=val,
         epochs=epochs,
-        callbacks=[nan_guard, stopper, *progress, *callbacks],
+        callbacks=[StopWhenInterrupted(), nan_guard, stopper, *progress, *callbacks],
         verbose=1 if progress_bar else 0,
     )
     values = {name: [float(v) for v in series] for name, series in history.history.items()}

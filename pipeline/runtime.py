@@ -18,10 +18,41 @@ from contextlib import contextmanager
 
 from pipeline.config import Config
 
+# The reason of the interrupt received while a job runs (see `interrupts_unwind`), kept so that
+# one Python swallowed can be raised again.
+received_interrupts: list[str] = []
+
 
 def raise_keyboard_interrupt(signum: int, frame) -> None:
-    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: runs end KILLED, not RUNNING."""
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    """Ctrl-C and SIGTERM (a scheduler's stop, `kill`) unwind: runs end KILLED, not RUNNING."""
+    reason = "Ctrl-C" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
+    received_interrupts.append(reason)
+    raise KeyboardInterrupt(reason)
+
+
+def raise_if_interrupted(cause: BaseException | None = None) -> None:
+    """Raise again an interrupt that Python swallowed.
+
+    A KeyboardInterrupt raised inside a weak-reference callback or a `__del__` (TensorFlow and
+    Keras run many of them when a trial's session is cleared) is reported as unraisable and lost;
+    training would go on. One raised inside an extension can come out as another error (`cause`).
+    Keras callbacks call this after every batch (see model.py), the search between trials.
+    """
+    if received_interrupts:
+        raise KeyboardInterrupt(received_interrupts[-1]) from cause
+
+
+def interrupt_received() -> bool:
+    """Whether Ctrl-C or SIGTERM came while the job ran: whatever error ends a run then, the run
+    was interrupted (KILLED), not failed."""
+    return bool(received_interrupts)
+
+
+def quiet_swallowed_interrupts(unraisable) -> None:
+    """`sys.unraisablehook` for a job: a swallowed interrupt is raised again, not printed."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and received_interrupts:
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def quiet_tensorflow_startup() -> None:
@@ -69,15 +100,23 @@ def import_tensorflow_quietly() -> None:
 
 @contextmanager
 def interrupts_unwind() -> Iterator[None]:
-    """SIGTERM and Ctrl-C raise KeyboardInterrupt while the block runs; the old handlers come back
-    after (`python -m pipeline` ends at once on Ctrl-C outside a job: see pipeline/__main__.py)."""
+    """SIGTERM and Ctrl-C raise KeyboardInterrupt while the block runs, every time (see
+    `raise_if_interrupted`); the old handlers come back after (`python -m pipeline` ends at once
+    on Ctrl-C outside a job: see pipeline/__main__.py)."""
+    received_interrupts.clear()
     previous_term = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_int = signal.signal(signal.SIGINT, raise_keyboard_interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_swallowed_interrupts
     try:
         yield
+    except Exception as error:
+        raise_if_interrupted(cause=error)  # the interrupt, come out as another error
+        raise
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+        received_interrupts.clear()
 
 
 @contextmanager

@@ -34,11 +34,13 @@ from pipeline.config import SearchConfig
 from pipeline.data import Split, batches
 from pipeline.errors import ConfigError, SearchError
 from pipeline.model import (
+    StopWhenInterrupted,
     backbone_of,
     compile_classifier,
     save_weights_atomically,
     unfreeze_top,
 )
+from pipeline.runtime import raise_if_interrupted
 from pipeline.search_records import (
     CHECKPOINT,
     HYPERPARAMETERS,
@@ -246,16 +248,27 @@ class TransferTuner(keras_tuner.Tuner):
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, train: Split, val: Split):
+        try:
+            return self.run_executions(trial, train, val)
+        except Exception as error:
+            # An interrupt raised inside an extension can come out as another error (a
+            # SystemError from a C function): the trial was interrupted, not failed.
+            raise_if_interrupted(cause=error)
+            raise
+
+    def run_executions(self, trial, train: Split, val: Split):
         hp = trial.hyperparameters
         epochs = hp.values.get("tuner/epochs", self.hypermodel.setup.cfg.epochs)
         keeper = BestWeights(self.oracle.objective)
         histories = []
         for execution in range(self.executions_per_trial):
             release_memory()
+            raise_if_interrupted()  # one swallowed while the last trial's session was cleared
             keras.utils.set_random_seed(self.hypermodel.setup.seed + execution)
             model = self.hypermodel.build(hp)
             keeper.whole = model
-            callbacks = [keeper, *self.observer.callbacks(trial.trial_id, execution), FailOnNaN()]
+            observers = self.observer.callbacks(trial.trial_id, execution)
+            callbacks = [StopWhenInterrupted(), keeper, *observers, FailOnNaN()]
             initial = self.continue_parent(hp, model)
             histories.append(
                 self.hypermodel.fit(
@@ -280,6 +293,7 @@ class TransferTuner(keras_tuner.Tuner):
         return hp.values.get("tuner/initial_epoch", 0)
 
     def on_trial_begin(self, trial) -> None:
+        raise_if_interrupted()  # no new trial run after an interrupt the last trial swallowed
         super().on_trial_begin(trial)
         values = dict(trial.hyperparameters.values)
         log.info("trial %s (%s) %s", trial.trial_id, self.tuner_id, values)

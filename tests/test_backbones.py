@@ -81,6 +81,7 @@ def test_weights_of_another_width_fail_naming_key_and_alpha():
         build_backbone(cfg, (96, 96, 3))
 
 
+@pytest.mark.slow
 @needs_weights
 def test_weights_that_do_not_load_exit_2_before_any_stage_trains(tmp_path, store_uri, client):
     mismatched = [f"backbone.weights={weights('0.35')}", "backbone.alpha=1.0"]
@@ -122,6 +123,7 @@ def test_cats_dogs_preset_is_the_tutorials_composition():
     assert cfg.lr.fine_tune == pytest.approx(cfg.lr.feature_extraction / 100)
 
 
+@pytest.mark.slow
 @needs_weights
 @pytest.mark.skipif(not CATS_DOGS.is_dir(), reason=f"{CATS_DOGS} is absent")
 def test_tiny_real_experiment_with_imagenet_weights_from_keras_cache(

@@ -24,6 +24,7 @@ def numbers_of(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
     }
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_identical_metrics(tmp_path, store_uri, client):
     """Determinism across processes; the second run reuses the pretrained backbone."""
     args = ["debug=smoke", f"tracking.uri={store_uri}", "seed=3", "train.epochs.scratch=4"]
@@ -39,6 +40,7 @@ def test_same_command_twice_gives_identical_metrics(tmp_path, store_uri, client)
     assert reused == ["false", "true"]
 
 
+@pytest.mark.slow
 def test_summary_table_and_mlflow_ui_command_are_printed(tmp_path, store_uri, client):
     done = run_cli(["debug=smoke", f"tracking.uri={store_uri}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,6 +132,7 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):
     assert "tracking.uri=http://127.0.0.1:9 is unreachable" in done.stderr
 
 
+@pytest.mark.slow
 def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, store_uri):
     """Hydra multirun with the joblib launcher: two processes, one fresh SQLite store."""
     args = [

@@ -44,6 +44,7 @@ def wait_for_running_stage(store_uri: str, stage: str, timeout: float = 120) -> 
     raise AssertionError(f"stage {stage} never started")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_stage_ends_runs_killed_and_exits_promptly(tmp_path, store_uri, signum):
     process = start_cli(["debug=smoke", f"tracking.uri={store_uri}", *LONG_SCRATCH], tmp_path)
@@ -60,6 +61,7 @@ def test_signal_mid_stage_ends_runs_killed_and_exits_promptly(tmp_path, store_ur
     assert "feature_extraction" not in runs
 
 
+@pytest.mark.slow
 def test_orphans_of_a_killed_process_are_marked_failed_by_the_next_run(tmp_path, store_uri):
     """Nobody is left to end the runs of a kill -9; the next invocation does."""
     args = ["debug=smoke", f"tracking.uri={store_uri}"]
@@ -79,6 +81,7 @@ def test_orphans_of_a_killed_process_are_marked_failed_by_the_next_run(tmp_path,
         assert run.data.tags["error"] == f"orphaned: process {process.pid} died"
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_its_stage_and_independent_stages_go_on(tmp_path, store_uri):
     args = ["debug=smoke", f"tracking.uri={store_uri}", "lr.scratch=1e12", "train.epochs.scratch=5"]
     done = run_cli(args, tmp_path)
@@ -94,6 +97,7 @@ def test_nan_loss_fails_its_stage_and_independent_stages_go_on(tmp_path, store_u
     assert "feature_extraction" in done.stdout  # the summary shows what did finish
 
 
+@pytest.mark.slow
 def test_a_failing_sweep_job_does_not_stop_the_sweep(tmp_path, store_uri):
     args = [
         "-m",

@@ -78,6 +78,7 @@ def write(uri: str, out: Path, *extra: str) -> int:
     return report_cli.main([f"tracking_uri={uri}", f"out={out}", *extra])
 
 
+@pytest.mark.slow
 def test_report_numbers_are_the_stores(study, tmp_path, capsys):
     assert write(study, tmp_path / "report") == 0
     assert str(tmp_path / "report") in capsys.readouterr().out
@@ -227,6 +228,7 @@ def test_a_store_that_does_not_exist_is_refused_not_created(tmp_path, capsys):
     assert not db.parent.exists() and not (tmp_path / "report").exists()
 
 
+@pytest.mark.slow
 def test_reproduce_matches_then_catches_an_altered_metric(study, capsys):
     client = MlflowClient(study)
     parents, stages = samples(client)

@@ -43,6 +43,7 @@ def trials_of(runs: dict[str, list]) -> dict[str, list]:
     return grouped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tuner", sorted(TUNER_OVERRIDES))
 def test_each_tuner_runs_a_tiny_search_tracked_run_by_run(tuner, smoke, client, tmp_path):
     overrides = searched([*smoke, f"search={tuner}", *TUNER_OVERRIDES[tuner]], tmp_path)
@@ -96,6 +97,7 @@ def trial_histories(store_uri: str) -> dict[str, dict[str, list[float]]]:
     return histories
 
 
+@pytest.mark.slow
 def test_trials_on_cached_boundary_features_match_full_passes_at_every_depth(tmp_path):
     """Training the unfrozen top on the frozen part's cached output = the full forward pass,
     trial by trial and epoch by epoch, at three depths (the whole backbone frozen, one and two
@@ -130,6 +132,7 @@ def failing_fit(original):
     return fit
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_logged_failed_and_the_search_goes_on(
     smoke, client, tmp_path, monkeypatch
 ):
@@ -153,6 +156,7 @@ def test_a_failing_trial_is_logged_failed_and_the_search_goes_on(
     assert runs["fine_tune"][0].data.params["unfreeze_blocks"] == "0"
 
 
+@pytest.mark.slow
 def test_all_trials_failing_is_an_error_naming_it(smoke, client, tmp_path, monkeypatch):
     original = search.TransferHyperModel.fit
     monkeypatch.setattr(search.TransferHyperModel, "fit", failing_fit(original))
@@ -168,6 +172,7 @@ def test_all_trials_failing_is_an_error_naming_it(smoke, client, tmp_path, monke
     assert all(r.info.status != "RUNNING" for group in runs.values() for r in group)
 
 
+@pytest.mark.slow
 def test_diverging_trials_fail_and_the_command_exits_non_zero(tmp_path, store_uri):
     """A NaN/inf loss fails its trial; with every trial diverged, one line names the error."""
     args = ["debug=smoke", f"tracking.uri={store_uri}", "search=random", "search.max_trials=2"]

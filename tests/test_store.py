@@ -25,6 +25,7 @@ def tables(db) -> list[str]:
     return [name for (name,) in rows]
 
 
+@pytest.mark.slow
 def test_concurrent_first_runs_create_one_usable_store(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     uri = f"sqlite:///{db}"

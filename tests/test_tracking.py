@@ -35,6 +35,7 @@ def shared(tmp_path_factory) -> tuple[Path, MlflowClient, dict[str, list]]:
     return root, client, runs_by_stage(client)
 
 
+@pytest.mark.slow
 def test_parent_run_carries_tags_params_metrics_and_config(shared):
     _, client, finished = shared
     (parent,) = finished["parent"]
@@ -83,6 +84,7 @@ def test_artifacts_live_beside_the_store(shared):
     assert parent.info.artifact_uri.startswith((root / "mlruns" / "artifacts").as_uri())
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_is_a_run_reused_and_cited_by_later_runs(finished, smoke, client):
     backbones = client.get_experiment_by_name("transfer-lab-backbones").experiment_id
     (pretrain,) = client.search_runs([backbones])

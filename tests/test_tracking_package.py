@@ -57,6 +57,7 @@ def test_the_search_code_talks_to_tracking_through_the_protocol_only():
         assert "tracker.enabled" not in source and "tracking.enabled" not in source
 
 
+@pytest.mark.slow
 def test_tracking_off_loads_neither_mlflow_nor_keras_tuner(tmp_path):
     script = (
         "import sys\n"
@@ -87,6 +88,7 @@ def mlflow_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if "MLflow" in t.name]
 
 
+@pytest.mark.slow
 def test_nothing_outlives_the_command_whether_it_returns_or_raises(smoke, monkeypatch):
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
@@ -138,6 +140,7 @@ def assert_tree_failed_cleanly(client, raised: BaseException, name: str) -> None
 @pytest.mark.parametrize(
     "name", [n for n in PROTOCOL if n not in WORKER_ONLY + SEARCH_ONLY], ids=str
 )
+@pytest.mark.slow
 def test_a_tracking_call_that_fails_leaves_a_true_run_tree(name, smoke, client, monkeypatch):
     called = fail_on_call(monkeypatch, name)
     with pytest.raises(Exception) as raised:
@@ -146,6 +149,7 @@ def test_a_tracking_call_that_fails_leaves_a_true_run_tree(name, smoke, client, 
     assert_tree_failed_cleanly(client, raised.value, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEARCH_ONLY, ids=str)
 def test_a_search_tracking_call_that_fails_leaves_a_true_run_tree(
     name, smoke, client, monkeypatch, tmp_path
@@ -179,6 +183,7 @@ def test_a_write_the_store_refuses_fails_its_own_stage(smoke, client, monkeypatc
     assert all(run.info.status != "RUNNING" for group in runs.values() for run in group)
 
 
+@pytest.mark.slow
 def test_the_read_side_groups_invocations_into_variants_over_seeds(smoke, client):
     for extra in (["seed=0"], ["seed=1"], ["seed=0", "lr.fine_tune=0.001"]):
         run_experiment(compose_config([*smoke, *extra]))

@@ -12,6 +12,7 @@ import logging
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.runtime import interrupt_received
 from pipeline.tracking.owner import process_dead, process_tags
 from pipeline.tracking.query import RunRecord, StoreReader
 from pipeline.tracking.store import terminate_run
@@ -47,7 +48,8 @@ def error_tag(error: BaseException) -> str:
 def end_status(error: BaseException | None) -> str:
     if error is None:
         return "FINISHED"
-    return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+    interrupted = isinstance(error, KeyboardInterrupt | SystemExit) or interrupt_received()
+    return "KILLED" if interrupted else "FAILED"
 
 
 def create_run(

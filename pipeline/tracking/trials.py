@@ -23,7 +23,7 @@ from pipeline.config import SearchConfig
 from pipeline.search_records import HYPERPARAMETERS, SearchOutcome, TrialRecord
 from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
 from pipeline.tracking.query import RunRecord, StoreReader
-from pipeline.tracking.runs import RunFailed, create_run, end_run
+from pipeline.tracking.runs import RunFailed, create_run, end_run, end_status
 from pipeline.tracking.store import terminate_run
 from pipeline.tracking.writer import Writer
 
@@ -76,9 +76,8 @@ class TrialRuns:
 
     def interrupted(self, error: BaseException) -> None:
         """Close the runs of trials cut short: KILLED on Ctrl-C/SIGTERM, else FAILED."""
-        killed = isinstance(error, KeyboardInterrupt | SystemExit)
         for run_id in self.open.values():
-            self.writer.tags(run_id, {"status": "KILLED" if killed else "FAILED"})
+            self.writer.tags(run_id, {"status": end_status(error)})
             end_run(self.writer, run_id, error)
         self.open.clear()
 

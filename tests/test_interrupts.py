@@ -1,0 +1,73 @@
+"""Ctrl-C and SIGTERM during a search stop it every time: real signals, real searches, real store.
+
+The signals are real (sent to this process by a timer thread, handled by the job's own handler);
+the searches run in this process so that ten of them fit in the suite's time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.experiment import run_experiment
+from pipeline.runtime import interrupts_unwind
+from tests.conftest import compose_config, runs_by_stage
+
+SEARCH = ["stages=[feature_extraction,fine_tune]", "search=random", "search.max_trials=50"]
+SEARCH += ["search.epochs=3"]
+
+
+def trial_folders(search_dir: Path) -> int:
+    return len(list(search_dir.rglob("trial_*")))
+
+
+def signal_during_search(search_dir: Path, signum: int, delay_s: float) -> threading.Thread:
+    """Send `signum` to this process `delay_s` after a new trial of the search started (Keras
+    Tuner made its folder; the store is not polled: a client could race the store's creation)."""
+    before = trial_folders(search_dir)
+
+    def send() -> None:
+        deadline = time.monotonic() + 120
+        while trial_folders(search_dir) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay_s)
+        os.kill(os.getpid(), signum)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
+
+
+@pytest.mark.slow
+def test_an_interrupt_stops_a_search_every_time_and_it_resumes(tmp_path, capfd):
+    """Ten tries at random points (seeded), each resuming the last: each stops the search, its
+    runs end KILLED, none stays RUNNING, and the next command continues the same search run."""
+    chance = random.Random(12)
+    store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    search_dir = tmp_path / "search"
+    overrides = [*SEARCH, "debug=smoke", f"tracking.uri={store_uri}"]
+    config = compose_config([*overrides, f"search.directory={search_dir}"])
+    for attempt in range(10):
+        signum = (signal.SIGINT, signal.SIGTERM)[attempt % 2]
+        sender = signal_during_search(search_dir, signum, chance.uniform(0.0, 2.5))
+        with pytest.raises(KeyboardInterrupt), interrupts_unwind():
+            run_experiment(config)
+        sender.join(timeout=10)
+
+        where = f"try {attempt} ({signal.Signals(signum).name})"
+        assert "Exception ignored" not in capfd.readouterr().err, where
+        runs = runs_by_stage(MlflowClient(store_uri))
+        statuses = {stage: {r.info.status for r in group} for stage, group in runs.items()}
+        assert statuses["parent"] == {"KILLED"} and len(runs["parent"]) == attempt + 1, where
+        (search_run,) = runs["search"]
+        assert search_run.info.status == "KILLED", where
+        assert search_run.data.tags.get("resumes", "0") == str(attempt), where
+        assert statuses["trial"] <= {"FINISHED", "KILLED"}, where  # or between two trials
+        assert "fine_tune" not in statuses, where

@@ -253,6 +253,10 @@ class TrackingConfig:
     # process, asynchronously (a second process saved nothing measurable). Ignored.
     separate_process: bool = False
     metrics_flush_s: float = 5.0  # stage runs: per-epoch metrics queued in batches this far apart
+    # A tracking server's requests: MLflow's retries (its default, 7 with doubling waits, froze a
+    # job for minutes on a dead server) and each request's timeout. After Ctrl-C/SIGTERM: no retry.
+    http_retries: int = 2
+    http_timeout_s: int = 10
     untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
 
 

@@ -7,3 +7,19 @@ class ConfigError(ValueError):
 
 class SearchError(RuntimeError):
     """A search that cannot give a best trial (none succeeded, or too many failed in a row)."""
+
+
+class TrackingUnreachable(RuntimeError):
+    """The tracking server stopped answering while the command ran: it stops, saying so.
+
+    The runs it had open stay RUNNING on the server; the next command on that store ends them
+    FAILED (the orphan sweep). `interrupted`: Ctrl-C or SIGTERM came first (exit 130, else 1).
+    """
+
+    def __init__(self, uri: str, cause: BaseException):
+        self.interrupted = isinstance(cause, KeyboardInterrupt)
+        what = f"interrupted ({cause or 'Ctrl-C'}) and " if self.interrupted else ""
+        super().__init__(
+            f"{what}the tracking server {uri} is unreachable: this command's runs are left RUNNING "
+            "there (the next command on that store ends them FAILED)"
+        )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TrackingUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ def run_guarded(job: Callable[[], float]) -> float:
         if full_errors():
             raise
         return fail(str(error), EXIT_CONFIG)
+    except TrackingUnreachable as error:
+        if full_errors():
+            raise
+        return fail(str(error), EXIT_INTERRUPTED if error.interrupted else EXIT_ERROR)
     except KeyboardInterrupt as interrupt:
         if full_errors():
             raise

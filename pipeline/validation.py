@@ -258,6 +258,7 @@ def check_search(cfg: Config) -> None:
 
 # Stores MLflow's client logs to; "" is a plain path (MLflow's file store).
 TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql")
+MAX_HTTP_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
 
 
 def writable_sqlite(path: Path) -> str | None:
@@ -279,6 +280,15 @@ def check_tracking(cfg: Config) -> None:
     for key in ("experiment_name", "backbone_experiment"):
         name = getattr(tracking, key)
         require(bool(name and name.strip()), f"tracking.{key}={name!r} is empty; allowed: a name")
+    require(
+        0 <= tracking.http_retries <= MAX_HTTP_RETRIES,
+        f"tracking.http_retries={tracking.http_retries} is out of range; allowed: 0 to "
+        f"{MAX_HTTP_RETRIES} (MLflow's limit)",
+    )
+    require(
+        tracking.http_timeout_s >= 1,
+        f"tracking.http_timeout_s={tracking.http_timeout_s} is out of range; allowed: >= 1",
+    )
     uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2 is postgresql
     require(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,14 +18,22 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.config import SearchConfig, TrackingConfig
-from pipeline.errors import SearchError
+from pipeline.errors import SearchError, TrackingUnreachable
 from pipeline.search_records import SearchOutcome
 from pipeline.tracking.flat import flatten
 from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
 from pipeline.tracking.query import RunRecord, StoreReader
 from pipeline.tracking.runs import create_run, end_run, error_tag, mark_orphans
 from pipeline.tracking.secrets import redact_text, redact_tree
-from pipeline.tracking.store import prepare_store, resolve_uri, shut_down_async_logging
+from pipeline.tracking.store import (
+    bounded_http,
+    prepare_store,
+    quiet_http_logs,
+    resolve_uri,
+    server_down,
+    shut_down_async_logging,
+    stop_retrying,
+)
 from pipeline.tracking.trials import TrialRuns, close_stale_trials, log_search_summary, reopen
 from pipeline.tracking.weights import MlflowWeightsStore
 from pipeline.tracking.writer import Writer
@@ -45,24 +53,36 @@ class MlflowTracker:
         self.client: MlflowClient | None = None
         self.stack: list[str] = []  # open runs, innermost last
         self.ids: dict[str, str] = {}
+        self.unreachable = False  # the server stopped answering: no more requests to it
 
     def __enter__(self) -> MlflowTracker:
         """Open (and if needed create) the store; end the runs of dead processes FAILED."""
-        self.client = prepare_store(
-            self.uri, [self.cfg.experiment_name, self.cfg.backbone_experiment]
-        )
+        self.settings = ExitStack()
+        self.settings.enter_context(bounded_http(self.cfg.http_retries, self.cfg.http_timeout_s))
+        self.settings.enter_context(quiet_http_logs())
+        try:
+            self.open_store()
+        except BaseException:
+            self.settings.close()
+            raise
+        return self
+
+    def open_store(self) -> None:
+        names = [self.cfg.experiment_name, self.cfg.backbone_experiment]
+        self.client = prepare_store(self.uri, names)
         self.writer = Writer(self.client, synchronous=not self.cfg.async_logging)
-        self.experiment_id = self.client.get_experiment_by_name(
-            self.cfg.experiment_name
-        ).experiment_id
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment_name)
+        self.experiment_id = experiment.experiment_id
         self.reader = StoreReader(self.client, [self.experiment_id])
         mark_orphans(self.client, self.reader)
-        return self
 
     def __exit__(self, *exc_info) -> None:
         """Everything queued is written and MLflow's logging threads are stopped."""
-        if self.client is not None:
-            shut_down_async_logging(self.client)
+        try:
+            if self.client is not None:
+                shut_down_async_logging(self.client)
+        finally:
+            self.settings.close()
 
     # the run tree
     @contextmanager
@@ -75,15 +95,32 @@ class MlflowTracker:
             yield run_id
         except BaseException as error:
             self.stack.pop()
-            try:
-                end_run(self.writer, run_id, error)
-            except Exception as ending:  # the store is failing too: the first error is the news
-                log.error("could not end run %s: %s", run_id, error_tag(ending))
+            self.end_after(run_id, error)
             raise
         self.stack.pop()
-        failed_write = end_run(self.writer, run_id, None)
+        try:
+            failed_write = end_run(self.writer, run_id, None)
+        except Exception as ending:
+            self.raise_if_unreachable(ending)
+            raise
         if failed_write is not None:
             raise failed_write
+
+    def end_after(self, run_id: str, error: BaseException) -> None:
+        """End a run that `error` cut short; a server that stopped answering is the news then."""
+        if self.unreachable:
+            return  # the innermost run found it out and raised TrackingUnreachable already
+        try:
+            end_run(self.writer, run_id, error)
+        except Exception as ending:
+            self.raise_if_unreachable(error)
+            log.error("could not end run %s: %s", run_id, error_tag(ending))
+
+    def raise_if_unreachable(self, error: BaseException) -> None:
+        if server_down(self.uri):
+            self.unreachable = True
+            stop_retrying()  # what is still queued is tried once, when the tracker closes
+            raise TrackingUnreachable(redact_text(self.uri), error) from error
 
     def experiment_run(self, name: str, tags: dict[str, str]):
         safe = {key: str(value) for key, value in redact_tree(tags).items()}

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.runtime import interrupt_received
 from pipeline.tracking.owner import process_dead, process_tags
 from pipeline.tracking.query import RunRecord, StoreReader
-from pipeline.tracking.store import terminate_run
+from pipeline.tracking.store import stop_retrying, terminate_run
 from pipeline.tracking.writer import TAG_LIMIT, Writer
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ def end_run(writer: Writer, run_id: str, error: BaseException | None) -> Excepti
     else:
         writer.pending.pop(run_id, None)
     status = end_status(error)
+    if status == "KILLED":
+        stop_retrying()  # the user wants the command to end: no write waits on a dead server
     try:
         if error is not None:
             message = "interrupted" if status == "KILLED" else error_tag(error)

@@ -48,6 +48,19 @@ def artifact_root_for(uri: str) -> str | None:
     return (db.resolve().parent / "artifacts").as_uri() if db is not None else None
 
 
+def server_down(uri: str) -> bool:
+    """Whether a tracking server (http/https) fails to answer its health check now."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return False
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=2).raise_for_status()
+    except requests.RequestException:
+        return True
+    return False
+
+
 def check_reachable(uri: str) -> None:
     """Fail fast, in one line, when a tracking server does not answer (instead of long retries)."""
     scheme = urlparse(uri).scheme
@@ -94,6 +107,60 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         if key not in experiment.tags:  # made before this tag was set; a user's choice is kept
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+# MLflow reads these at every request (mlflow.utils.rest_utils.http_request).
+HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_BACKOFF = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+TIMEOUT_AFTER_INTERRUPT_S = 3
+
+
+@contextmanager
+def bounded_http(retries: int, timeout_s: int) -> Iterator[None]:
+    """A tracking server's requests retried `retries` times (waits of 0, 2, 4 ... s), each at
+    most `timeout_s` long, for the block; the environment as it was after.
+
+    MLflow's defaults (7 retries with doubling waits, 120 s a request) froze a job for minutes
+    when its server died, and every write of the clean-up after Ctrl-C waited as long again.
+    """
+    values = {HTTP_RETRIES: str(retries), HTTP_BACKOFF: "1", HTTP_TIMEOUT: str(timeout_s)}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+ASYNC_QUEUE_LOGGER = "mlflow.utils.async_logging.async_logging_queue"
+
+
+@contextmanager
+def quiet_http_logs() -> Iterator[None]:
+    """urllib3's `Retrying` warnings and MLflow's queue's `Failed to log run data` errors kept out
+    of the terminal for the block: a failed write fails its run, and a server that stopped
+    answering ends the command with one line naming it."""
+    loggers = [logging.getLogger(n) for n in ("urllib3.connectionpool", ASYNC_QUEUE_LOGGER)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def stop_retrying() -> None:
+    """After Ctrl-C or SIGTERM: each request tried once, briefly, so that the runs end KILLED at
+    once, or (the server gone) the command ends within seconds anyway. `bounded_http` restores."""
+    os.environ[HTTP_RETRIES] = "0"
+    os.environ[HTTP_TIMEOUT] = str(TIMEOUT_AFTER_INTERRUPT_S)
 
 
 def shut_down_async_logging(client: MlflowClient) -> None:

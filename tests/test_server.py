@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from pipeline import PROJECT_ROOT
 from tests.conftest import headless, run_cli, runs_by_stage
 
 
@@ -21,8 +24,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path):
+def start_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` bound to 127.0.0.1 with a SQLite backend and proxied artifacts."""
     port = free_port()
     command = [
@@ -30,7 +32,9 @@ def server(tmp_path: Path):
         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -42,9 +46,63 @@ def server(tmp_path: Path):
     else:
         process.kill()
         pytest.fail(f"mlflow server did not start: {process.stderr.read().decode()[-2000:]}")
+    return process, url
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    process, url = start_server(tmp_path)
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+def kill_server(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)  # with its gunicorn/uvicorn workers
+    process.wait(timeout=30)
+
+
+def scratch_running(url: str) -> bool:
+    try:
+        runs = runs_by_stage(MlflowClient(url)).get("scratch", [])
+    except Exception:
+        return False
+    return any(run.info.status == "RUNNING" for run in runs)
+
+
+def start_pipeline(args: list[str], out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipeline", f"hydra.run.dir={out}", *args]
+    return subprocess.Popen(
+        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "stage_ends"])
+def test_a_dead_server_stops_the_command_in_one_line_naming_it(tmp_path, how):
+    """Killed mid-stage: training goes on; SIGTERM exits 130 within 10 s, or the stage ends and
+    the command exits 1; either way one line names the server, never a traceback."""
+    process, url = start_server(tmp_path)
+    epochs = "100000" if how == "sigterm" else "40"
+    args = ["debug=smoke", f"tracking.uri={url}", f"train.epochs.scratch={epochs}"]
+    job = start_pipeline([*args, "train.patience=100000"], tmp_path / "out")
+    try:
+        deadline = time.monotonic() + 120
+        while not scratch_running(url) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        kill_server(process)
+    if how == "sigterm":
+        time.sleep(3)  # training goes on while writes fail
+        job.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = job.communicate(timeout=180)
+    assert (job.returncode, how == "sigterm") in ((130, True), (1, False)), stderr[-2000:]
+    if how == "sigterm":
+        assert time.monotonic() - sent < 10
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert f"the tracking server {url} is unreachable" in lines[0]
 
 
 @pytest.mark.slow

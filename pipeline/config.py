@@ -7,12 +7,15 @@ import of TensorFlow.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+log = logging.getLogger(__name__)
 
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"  # a pretraining run's artifact
 
@@ -183,7 +186,12 @@ class TrainConfig:
     epochs: StageEpochsConfig = field(default_factory=StageEpochsConfig)
     patience: int = 20  # early stopping on the validation split, best weights restored
     monitor: Objective = Objective.val_accuracy
-    fast_feature_extraction: bool = True  # frozen backbone, no augmentation: features computed once
+    # Train only above the freeze boundary, on the frozen part's activations computed once per
+    # split (feature extraction, search trials, fine-tuning); off, or with augmentation, the full
+    # model runs every step. Over cache_max_gb of activations, the stage runs the full model.
+    cache_boundary: bool = True
+    cache_max_gb: float = 2.0
+    fast_feature_extraction: bool | None = None  # the old name of cache_boundary (still read)
 
 
 @dataclass
@@ -234,8 +242,8 @@ class SearchConfig:
     bayesian: BayesianConfig = field(default_factory=BayesianConfig)
     max_retries_per_trial: int = 0  # a trial that raises is retried this many times
     max_consecutive_failed_trials: int = 3  # then the search stops with an error
-    cache_features: bool = True  # train only the unfrozen top on the frozen part's output
-    feature_cache_mb: int = 1024  # cached frozen-part outputs kept across trials (per depth)
+    cache_features: bool | None = None  # the old name of train.cache_boundary (still read)
+    feature_cache_mb: int | None = None  # replaced by train.cache_max_gb (ignored, with a warning)
     directory: str | None = None  # tuner state; None: <the run's output dir>/search
     worker_wait_s: int = 600  # distributed worker: how long to wait for the chief's search run
 
@@ -272,6 +280,26 @@ class Config:
     seed: int = 0
     deterministic: bool = True  # tf op determinism: same command, same machine, same numbers
     stages: list[Stage] = field(default_factory=lambda: list(Stage))
+
+    def __post_init__(self) -> None:
+        read_old_names(self)
+
+
+def read_old_names(cfg: Config) -> None:
+    """Command lines written for the old names keep working, with one warning line each."""
+    for old, value in (
+        ("train.fast_feature_extraction", cfg.train.fast_feature_extraction),
+        ("search.cache_features", cfg.search.cache_features),
+    ):
+        if value is not None:
+            log.warning("%s is now train.cache_boundary: set to %s", old, value)
+            cfg.train.cache_boundary = value
+    if cfg.search.feature_cache_mb is not None:
+        log.warning(
+            "search.feature_cache_mb=%s is ignored: train.cache_max_gb=%g caps the boundary cache",
+            cfg.search.feature_cache_mb,
+            cfg.train.cache_max_gb,
+        )
 
 
 def register_configs() -> None:

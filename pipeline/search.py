@@ -4,8 +4,8 @@ Reads the `search` config group. Every trial starts from the feature-extraction 
 and trained head, saved once, never retrained per trial), applies its `unfreeze_blocks` and
 `learning_rate`, recompiles and fine-tunes on the training split; it is scored on the validation
 split only. Below a trial's freeze boundary everything is frozen, in inference mode and sees no
-augmentation, so its output is the same every epoch: it is computed once per depth and only the
-unfrozen top is trained on it.
+augmentation, so its output is the same every epoch: it is computed once per depth (the boundary
+cache, pipeline/boundary.py) and only the unfrozen top is trained on it.
 
 Roles as in keras-tuner: the HyperModel builds and fits, the Tuner drives, observers watch. Tracking
 comes in as a `TrialObserver`; this module never imports mlflow. Distributed mode is keras-tuner's
@@ -19,7 +19,6 @@ import gc
 import logging
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import keras_tuner
 from hydra.utils import instantiate
 from keras_tuner.engine.trial import TrialStatus
 
-from pipeline.backbones import block_map
+from pipeline.boundary import FrozenFeatures
 from pipeline.config import SearchConfig
 from pipeline.data import Split, batches
 from pipeline.errors import ConfigError, SearchError
@@ -79,75 +78,11 @@ class SearchSetup:
     block_count: int
     batch_size: int
     seed: int
-    cache_features: bool  # false when training images are augmented
+    frozen: FrozenFeatures  # the boundary cache (shared with the stages when in one process)
 
     @property
     def checkpoint(self) -> Path:
         return self.directory / CHECKPOINT
-
-
-class FrozenFeatures:
-    """The frozen part's output below each freeze boundary, computed once per depth (LRU, capped).
-
-    Valid across trials because the frozen part keeps the checkpoint's weights and runs in
-    inference mode: its output never changes.
-    """
-
-    def __init__(self, enabled: bool, budget_mb: int):
-        self.enabled = enabled
-        self.budget = budget_mb * 2**20
-        self.cache: OrderedDict[int, tuple[Split, Split]] = OrderedDict()
-
-    def trainable_part(self, model: keras.Model, depth: int, train: Split, val: Split):
-        """(model to fit, its training split, its validation split) for an unfreeze depth."""
-        split = split_at_boundary(model, depth) if self.enabled else None
-        if split is None:
-            return model, train, val
-        bottom, top = split
-        return top, *self.features(depth, bottom, train, val)
-
-    def features(self, depth: int, bottom: keras.Model, train: Split, val: Split):
-        if depth in self.cache:
-            self.cache.move_to_end(depth)
-            return self.cache[depth]
-        pair = tuple(
-            Split(bottom.predict(batches(s, EVAL_BATCH), verbose=0), s.y) for s in (train, val)
-        )
-        size = sum(s.x.nbytes for s in pair)
-        if size <= self.budget:
-            self.cache[depth] = pair
-            while sum(s.x.nbytes for p in self.cache.values() for s in p) > self.budget:
-                self.cache.popitem(last=False)
-        return pair
-
-
-def split_at_boundary(model: keras.Model, depth: int) -> tuple[keras.Model, keras.Model] | None:
-    """(frozen bottom, trainable top + head) sharing the model's layers, or None when uncuttable.
-
-    The cut is the input of the lowest unfrozen layer; a residual connection that jumps over it
-    (or unfreezing every block) leaves nothing worth caching.
-    """
-    backbone, head = backbone_of(model), model.get_layer("head")
-    blocks = block_map(backbone)
-    if depth >= len(blocks):
-        return None
-    if depth == 0:
-        cut = backbone.output
-    else:
-        top_ids = {id(layer) for block in blocks[len(blocks) - depth :] for layer in block}
-        first = next(layer for layer in backbone.layers if id(layer) in top_ids)
-        cut = first.input
-    if isinstance(cut, list | tuple):
-        return None
-    try:
-        upper = keras.Model(cut, backbone.output) if depth else None
-    except ValueError:
-        log.info("unfreeze_blocks=%d: no single tensor at the boundary, no caching", depth)
-        return None
-    inputs = keras.Input(shape=cut.shape[1:], name="frozen_features")
-    features = upper(inputs, training=False) if upper is not None else inputs
-    top = keras.Model(inputs, head(features), name="trainable_top")
-    return keras.Model(backbone.input, cut, name="frozen_bottom"), top
 
 
 class TransferHyperModel(keras_tuner.HyperModel):
@@ -156,7 +91,6 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def __init__(self, setup: SearchSetup):
         super().__init__(name="fine_tune")
         self.setup = setup
-        self.features = FrozenFeatures(setup.cache_features, setup.cfg.feature_cache_mb)
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         blocks, rate = self.setup.cfg.unfreeze_blocks, self.setup.cfg.learning_rate
@@ -172,9 +106,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         return model
 
     def fit(self, hp, model, train: Split, val: Split, *, callbacks, epochs, initial_epoch=0):
-        part, train_part, val_part = self.features.trainable_part(
-            model, hp.get("unfreeze_blocks"), train, val
-        )
+        part, (train_part, val_part) = self.setup.frozen.above(model, (train, val))
         if part is not model:
             compile_classifier(part, hp.get("learning_rate"))
         return part.fit(

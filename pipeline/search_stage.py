@@ -21,6 +21,7 @@ import keras
 from hydra.core.hydra_config import HydraConfig
 
 from pipeline.backbones import build_backbone
+from pipeline.boundary import FrozenFeatures
 from pipeline.catalog import block_count
 from pipeline.config import Config, SearchConfig
 from pipeline.data import TaskData, augmenting
@@ -66,7 +67,13 @@ def default_directory() -> Path:
     return Path(tempfile.mkdtemp(prefix="transfer-lab-search-"))
 
 
-def make_setup(cfg: Config, task: TaskData, directory: Path) -> SearchSetup:
+def make_setup(
+    cfg: Config, task: TaskData, directory: Path, frozen: FrozenFeatures | None = None
+) -> SearchSetup:
+    """What the tuner needs; `frozen`: the stages' boundary cache (a worker makes its own)."""
+    if frozen is None:
+        caching = cfg.train.cache_boundary and not augmenting(cfg.dataset.augment)
+        frozen = FrozenFeatures(caching, cfg.train.cache_max_gb)
     return SearchSetup(
         cfg=cfg.search,
         directory=directory,
@@ -74,7 +81,7 @@ def make_setup(cfg: Config, task: TaskData, directory: Path) -> SearchSetup:
         block_count=block_count(cfg.backbone),
         batch_size=cfg.dataset.batch_size,
         seed=cfg.seed,
-        cache_features=cfg.search.cache_features and not augmenting(cfg.dataset.augment),
+        frozen=frozen,
     )
 
 
@@ -110,7 +117,7 @@ def search_stage(
             log.info("resuming search run %s from %s", run_id, directory)
         else:
             directory = Path(cfg.search.directory) if cfg.search.directory else default_directory()
-        setup = make_setup(cfg, ctx.task, directory)
+        setup = make_setup(cfg, ctx.task, directory, ctx.frozen)
         if previous is None:
             start_fresh(setup, extracted, tracker)
         best = search_in_run(setup, ctx.task, tracker, run_id)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import keras
-import numpy as np
 
 from pipeline.backbones import build_backbone
+from pipeline.boundary import FrozenFeatures
 from pipeline.config import Config
 from pipeline.data import Split, TaskData, augmenting, batches
 from pipeline.model import (
@@ -61,17 +61,18 @@ class StageContext:
     task: TaskData
     callbacks: Callable[[str], list[keras.callbacks.Callback]] = lambda stage: []
     progress_bar: bool = False
+    frozen: FrozenFeatures = field(init=False)  # the boundary cache of the pretrained backbone
+
+    def __post_init__(self) -> None:
+        train = self.cfg.train
+        caching = train.cache_boundary and not augmenting(self.cfg.dataset.augment)
+        self.frozen = FrozenFeatures(caching, train.cache_max_gb)
 
     def train_batches(self, split: Split | None = None):
         """Shuffled training batches: images (augmented if configured), or given features."""
         augment = self.cfg.dataset.augment if split is None else None
         split = self.task.train if split is None else split
         return batches(split, self.cfg.dataset.batch_size, self.cfg.seed, augment)
-
-    @property
-    def cached_features(self) -> bool:
-        """Whether feature extraction may train the head on features computed once."""
-        return self.cfg.train.fast_feature_extraction and not augmenting(self.cfg.dataset.augment)
 
     def fit(self, model: keras.Model, stage: str, train, val) -> FitResult:
         return fit(
@@ -112,10 +113,19 @@ def scratch(ctx: StageContext) -> StageResult:
     return StageResult("scratch", model, result, test_loss, test_accuracy, seconds, params, head)
 
 
-def features_of(backbone: keras.Model, split: Split) -> Split:
-    """The frozen backbone's output for every example, computed once (inference mode)."""
-    features = backbone.predict(batches(split, EVAL_BATCH), verbose=0)
-    return Split(np.asarray(features, dtype="float32"), split.y)
+def train_above_boundary(ctx: StageContext, model: keras.Model, stage: str, lr: float):
+    """Fit and test a compiled-to-be classifier: on the boundary cache's activations when its
+    frozen part allows (same numbers, far cheaper), else the whole model on the images.
+    Returns (fit result, test loss, test accuracy); `model` ends compiled at `lr`."""
+    task = ctx.task
+    part, (train, val, test) = ctx.frozen.above(model, (task.train, task.val, task.test))
+    compile_classifier(part, lr)
+    train_batches = ctx.train_batches() if part is model else ctx.train_batches(train)
+    result = ctx.fit(part, stage, train_batches, batches(val, EVAL_BATCH))
+    test_loss, test_accuracy = evaluate(part, batches(test, EVAL_BATCH))
+    if part is not model:
+        compile_classifier(model, lr)
+    return result, test_loss, test_accuracy
 
 
 def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
@@ -133,21 +143,7 @@ def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
     )
     model = stack(backbone, head, inference_backbone=True)
     lr = ctx.cfg.lr.feature_extraction
-    if ctx.cached_features:
-        train, val, test = (
-            features_of(backbone, s) for s in (ctx.task.train, ctx.task.val, ctx.task.test)
-        )
-        compile_classifier(head, lr)
-        result = ctx.fit(
-            head, "feature_extraction", ctx.train_batches(train), batches(val, EVAL_BATCH)
-        )
-        test_loss, test_accuracy = evaluate(head, batches(test, EVAL_BATCH))
-    else:
-        compile_classifier(model, lr)
-        val = batches(ctx.task.val, EVAL_BATCH)
-        result = ctx.fit(model, "feature_extraction", ctx.train_batches(), val)
-        test_loss, test_accuracy = evaluate(model, batches(ctx.task.test, EVAL_BATCH))
-    compile_classifier(model, lr)
+    result, test_loss, test_accuracy = train_above_boundary(ctx, model, "feature_extraction", lr)
     params = {"trainable_params": trainable_param_count(model), "learning_rate": lr}
     seconds = time.perf_counter() - start
     return StageResult(
@@ -161,7 +157,8 @@ def fine_tune(
     unfreeze_blocks: int | None = None,
     learning_rate: float | None = None,
 ) -> StageResult:
-    """Continue from the feature-extraction model with the top blocks unfrozen, at a lower rate."""
+    """Continue from the feature-extraction model with the top blocks unfrozen, at a lower rate;
+    the frozen blocks below them run once per split (the boundary cache), not every epoch."""
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
     model = extracted.model
@@ -170,10 +167,8 @@ def fine_tune(
     blocks = freeze_cfg.unfreeze_blocks if unfreeze_blocks is None else unfreeze_blocks
     unfrozen = unfreeze_top(backbone, blocks, freeze_cfg.unfreeze_layers)
     lr = ctx.cfg.lr.fine_tune if learning_rate is None else learning_rate
-    compile_classifier(model, lr)  # a change of `trainable` takes effect only after compiling
-    val = batches(ctx.task.val, EVAL_BATCH)
-    result = ctx.fit(model, "fine_tune", ctx.train_batches(), val)
-    test_loss, test_accuracy = evaluate(model, batches(ctx.task.test, EVAL_BATCH))
+    # compiled after the change of `trainable`, which takes effect only then
+    result, test_loss, test_accuracy = train_above_boundary(ctx, model, "fine_tune", lr)
     params = {
         "trainable_params": trainable_param_count(model),
         "learning_rate": lr,

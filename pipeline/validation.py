@@ -44,6 +44,8 @@ def check_training(cfg: Config) -> None:
         epochs = getattr(cfg.train.epochs, stage)
         require(epochs >= 1, f"train.epochs.{stage}={epochs} must be >= 1")
     require(cfg.train.patience >= 0, f"train.patience={cfg.train.patience} must be >= 0")
+    limit = cfg.train.cache_max_gb
+    require(limit > 0, f"train.cache_max_gb={limit} must be > 0 (no cache: cache_boundary=false)")
 
 
 def check_source(data) -> None:

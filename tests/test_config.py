@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -80,6 +82,7 @@ def test_unknown_option_lists_the_available_ones():
         (["dataset.train_per_class=0"], "dataset.train_per_class=0 must be >= 1"),
         (["backbone.weights=imagenet"], "backbone.weights='imagenet'"),
         (["seed=-1"], "seed=-1 must be in 0..4294967295"),
+        (["train.cache_max_gb=0"], "train.cache_max_gb=0.0 must be > 0"),
         (["backbone.source.batch_size=0"], "backbone.source.batch_size=0 must be >= 1"),
         (["backbone.source.max_examples=0"], "backbone.source.max_examples=0 must be >= 1"),
         (
@@ -132,3 +135,14 @@ def test_impossible_values_fail_with_the_key_and_what_is_allowed(overrides, expe
 def test_choices_outside_their_enum_are_refused_at_composition(override, message):
     problem = check_composition(["search=random", override])
     assert problem.startswith(override.split("=")[0].split("[")[0]) and message in problem
+
+
+@pytest.mark.parametrize("old", ["train.fast_feature_extraction", "search.cache_features"])
+def test_the_old_names_of_cache_boundary_still_turn_it_off_with_a_warning(old, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config"):
+        config = OmegaConf.to_object(compose_config([f"{old}=false"]))
+    assert config.train.cache_boundary is False
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{old} is now train.cache_boundary: set to False"
+    ]
+    assert OmegaConf.to_object(compose_config([])).train.cache_boundary is True

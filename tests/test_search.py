@@ -112,7 +112,7 @@ def test_trials_on_cached_boundary_features_match_full_passes_at_every_depth(tmp
     histories = []
     for cache in ("true", "false"):
         uri = f"sqlite:///{tmp_path / cache / 'mlflow.db'}"
-        overrides = [*base, f"search.cache_features={cache}", f"tracking.uri={uri}"]
+        overrides = [*base, f"train.cache_boundary={cache}", f"tracking.uri={uri}"]
         run_experiment(compose_config([*overrides, f"search.directory={tmp_path / cache / 's'}"]))
         histories.append(trial_histories(uri))
     cached, full = histories

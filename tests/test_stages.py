@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -36,7 +38,7 @@ def moved(before: dict, after: dict) -> set[str]:
 @pytest.mark.parametrize("fast", [True, False], ids=["cached-features", "full-forward"])
 def test_feature_extraction_leaves_every_backbone_weight_bit_identical(tmp_path, fast):
     ctx, backbone = make_context(
-        tmp_path, f"train.fast_feature_extraction={fast}", "train.epochs.feature_extraction=3"
+        tmp_path, f"train.cache_boundary={fast}", "train.epochs.feature_extraction=3"
     )
     before = snapshot(backbone.layers)
     result = feature_extraction(ctx, backbone)
@@ -49,12 +51,50 @@ def test_feature_extraction_leaves_every_backbone_weight_bit_identical(tmp_path,
 def test_cached_features_train_the_same_head_as_full_forward_passes(tmp_path):
     results = {}
     for fast in (True, False):
-        ctx, backbone = make_context(tmp_path, f"train.fast_feature_extraction={fast}")
+        ctx, backbone = make_context(tmp_path, f"train.cache_boundary={fast}")
         results[fast] = feature_extraction(ctx, backbone)
     assert results[True].fit.epochs == results[False].fit.epochs
     np.testing.assert_allclose(
         results[True].fit.history["loss"], results[False].fit.history["loss"], rtol=1e-4
     )
+
+
+def fine_tuned(tmp_path, *overrides: str):
+    """(fine-tune result, its context, every classifier weight after it)."""
+    ctx, backbone = make_context(
+        tmp_path, "train.epochs.fine_tune=4", "lr.fine_tune=0.01", *overrides
+    )
+    result = fine_tune(ctx, feature_extraction(ctx, backbone))
+    return result, ctx, snapshot(result.model.layers)
+
+
+@pytest.mark.parametrize("unfreeze_blocks", [1, 2])
+def test_fine_tuning_on_cached_boundary_activations_matches_the_full_model(
+    tmp_path, unfreeze_blocks
+):
+    depth = f"freeze.unfreeze_blocks={unfreeze_blocks}"
+    cached, ctx, cached_weights = fine_tuned(tmp_path, depth, "train.cache_boundary=true")
+    full, full_ctx, full_weights = fine_tuned(tmp_path, depth, "train.cache_boundary=false")
+    boundaries = {position for position, _ in ctx.frozen.cache}
+    assert len(boundaries) == 2, "the head's and the fine-tune's activations were cached"
+    assert full_ctx.frozen.cache == {}
+    assert cached.fit.epochs == full.fit.epochs >= 2
+    for name, values in full.fit.history.items():
+        np.testing.assert_allclose(cached.fit.history[name], values, rtol=1e-4, err_msg=name)
+    assert cached_weights.keys() == full_weights.keys()
+    for name, weight in full_weights.items():
+        np.testing.assert_allclose(cached_weights[name], weight, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert cached.test_accuracy == pytest.approx(full.test_accuracy, abs=1e-6)
+
+
+def test_activations_over_the_cache_limit_run_the_full_model_with_one_line(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.boundary"):
+        result, ctx, _ = fine_tuned(tmp_path, "train.cache_max_gb=1e-6")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.boundary"]
+    assert len(warnings) == 2  # feature extraction's and fine-tuning's activations
+    assert "block3_conv" in warnings[-1] and "train.cache_max_gb=1e-06" in warnings[-1]
+    assert ctx.frozen.cache == {}
+    assert result.fit.epochs == 4 and 0.0 <= result.test_accuracy <= 1.0
 
 
 @pytest.mark.parametrize("unfreeze_blocks", [1, 2])

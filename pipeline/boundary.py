@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from pipeline.data import Split, batches
+from pipeline.data import Split, eval_batches
 from pipeline.model import backbone_of
 from pipeline.runtime import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
-BATCH = 256
 DTYPE = np.dtype("float32")
 
 
@@ -80,7 +79,7 @@ def activations(bottom: keras.Model, split: Split) -> Split:
     """The bottom's output for every example, in batches written into one preallocated array."""
     out = np.empty((len(split), *bottom.output_shape[1:]), dtype=DTYPE)
     start = 0
-    for images, _ in batches(split, BATCH):
+    for images, _ in eval_batches(split):
         values = bottom.predict_on_batch(images)
         out[start : start + len(values)] = values
         start += len(values)

@@ -30,7 +30,7 @@ from keras_tuner.engine.trial import TrialStatus
 
 from pipeline.boundary import FrozenFeatures
 from pipeline.config import SearchConfig
-from pipeline.data import Split, batches
+from pipeline.data import Split, batches, eval_batches
 from pipeline.errors import ConfigError, SearchError
 from pipeline.model import (
     StopWhenInterrupted,
@@ -49,8 +49,6 @@ from pipeline.search_records import (
 )
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH = 256
 ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
 
@@ -111,7 +109,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
             compile_classifier(part, hp.get("learning_rate"))
         return part.fit(
             batches(train_part, self.setup.batch_size, shuffle_seed=self.setup.seed),
-            validation_data=batches(val_part, EVAL_BATCH),
+            validation_data=eval_batches(val_part),
             epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=callbacks,

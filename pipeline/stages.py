@@ -17,7 +17,7 @@ import keras
 from pipeline.backbones import build_backbone
 from pipeline.boundary import FrozenFeatures
 from pipeline.config import Config
-from pipeline.data import Split, TaskData, augmenting, batches
+from pipeline.data import Split, TaskData, augmenting, batches, eval_batches
 from pipeline.model import (
     FitResult,
     backbone_of,
@@ -31,8 +31,6 @@ from pipeline.model import (
 )
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -105,9 +103,9 @@ def scratch(ctx: StageContext) -> StageResult:
     )
     model = stack(backbone, head, inference_backbone=False)
     compile_classifier(model, ctx.cfg.lr.scratch)
-    val = batches(ctx.task.val, EVAL_BATCH)
+    val = eval_batches(ctx.task.val)
     result = ctx.fit(model, "scratch", ctx.train_batches(), val)
-    test_loss, test_accuracy = evaluate(model, batches(ctx.task.test, EVAL_BATCH))
+    test_loss, test_accuracy = evaluate(model, eval_batches(ctx.task.test))
     params = {"trainable_params": trainable_param_count(model), "learning_rate": ctx.cfg.lr.scratch}
     seconds = time.perf_counter() - start
     return StageResult("scratch", model, result, test_loss, test_accuracy, seconds, params, head)
@@ -121,8 +119,8 @@ def train_above_boundary(ctx: StageContext, model: keras.Model, stage: str, lr: 
     part, (train, val, test) = ctx.frozen.above(model, (task.train, task.val, task.test))
     compile_classifier(part, lr)
     train_batches = ctx.train_batches() if part is model else ctx.train_batches(train)
-    result = ctx.fit(part, stage, train_batches, batches(val, EVAL_BATCH))
-    test_loss, test_accuracy = evaluate(part, batches(test, EVAL_BATCH))
+    result = ctx.fit(part, stage, train_batches, eval_batches(val))
+    test_loss, test_accuracy = evaluate(part, eval_batches(test))
     if part is not model:
         compile_classifier(model, lr)
     return result, test_loss, test_accuracy

@@ -19,6 +19,8 @@ EXPORTS = {
     "TaskData": "splits",
     "augmenting": "splits",
     "batches": "splits",
+    "eval_batches": "splits",
+    "inference_batch_size": "splits",
     "per_class_sample": "splits",
     "split_task": "splits",
     "load_source_task": "task",

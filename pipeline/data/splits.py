@@ -6,6 +6,7 @@ in [0, 1] (the embedded digits); `batches` hands both to Keras as float32 in [0,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,6 +119,24 @@ def augmenter(cfg: AugmentConfig, seed: int):
     if cfg.zoom:
         layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
     return keras.Sequential(layers, name="augment")
+
+
+INFERENCE_BATCH_BYTES = 8 * 2**20  # one inference batch's input as float32
+
+
+def inference_batch_size(split: Split, most: int = 256) -> int:
+    """Examples per evaluation (or activation) batch: `most` small ones, fewer large images.
+
+    A network's activations grow with its input: MobileNetV2 holds ~600 MB in one layer for 256
+    images of 160x160, so images that size go 27 at a time.
+    """
+    per_example = math.prod(split.x.shape[1:]) * 4
+    return max(16, min(most, INFERENCE_BATCH_BYTES // max(per_example, 1)))
+
+
+def eval_batches(split: Split):
+    """Unshuffled batches for evaluation and prediction, sized by `inference_batch_size`."""
+    return batches(split, inference_batch_size(split))
 
 
 def batches(

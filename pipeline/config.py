@@ -269,6 +269,15 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    """What a multirun (`python -m pipeline -m ...`) does; single runs ignore it."""
+
+    # A job whose configuration (config_hash) already has a FINISHED experiment run is skipped and
+    # returns that run's objective: the same sweep command again runs only what is missing.
+    skip_finished: bool = True
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = MISSING
     backbone: BackboneConfig = MISSING
@@ -277,6 +286,7 @@ class Config:
     tracking: TrackingConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 0
     deterministic: bool = True  # tf op determinism: same command, same machine, same numbers
     stages: list[Stage] = field(default_factory=lambda: list(Stage))

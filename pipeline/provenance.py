@@ -14,7 +14,8 @@ from hydra.types import RunMode
 
 from pipeline import PROJECT_ROOT
 
-UNTRACKED_KEYS = ("tracking",)  # where results go does not change what they are
+# Where results go and whether a sweep skips finished jobs do not change what the results are.
+UNTRACKED_KEYS = ("tracking", "sweep")
 # Where a run writes, not what it computes: left out of the variant (with the seed).
 OUTPUT_KEYS = (("search", "directory"), ("search", "worker_wait_s"))
 
@@ -71,7 +72,7 @@ def variant_hash(resolved: dict) -> str:
 
 CONFIG_GROUPS = frozenset(p.name for p in (PROJECT_ROOT / "conf").iterdir() if p.is_dir())
 # Overrides that the name shows otherwise (dataset, backbone, seed) or that change no result.
-UNNAMED = ("dataset", "backbone", "seed", "tracking", "hydra")
+UNNAMED = ("dataset", "backbone", "seed", "tracking", "sweep", "hydra")
 
 
 def run_name(dataset: str, backbone: str, seed: int, command: str) -> str:

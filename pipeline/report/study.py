@@ -24,7 +24,7 @@ COMPARISONS = (
     ("fine_tune", "feature_extraction"),
 )
 MIN_SEEDS = 3
-IGNORED_PARAMS = ("seed", "tracking.", "search.directory", "search.worker_wait_s")
+IGNORED_PARAMS = ("seed", "tracking.", "sweep.", "search.directory", "search.worker_wait_s")
 VERSION_TAG = "version."
 
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from mlflow.tracking import MlflowClient
@@ -21,7 +22,6 @@ from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import SearchError, TrackingUnreachable
 from pipeline.search_records import SearchOutcome
 from pipeline.tracking.flat import flatten
-from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
 from pipeline.tracking.query import RunRecord, StoreReader
 from pipeline.tracking.runs import create_run, end_run, error_tag, mark_orphans
 from pipeline.tracking.secrets import redact_text, redact_tree
@@ -34,9 +34,11 @@ from pipeline.tracking.store import (
     shut_down_async_logging,
     stop_retrying,
 )
-from pipeline.tracking.trials import TrialRuns, close_stale_trials, log_search_summary, reopen
 from pipeline.tracking.weights import MlflowWeightsStore
 from pipeline.tracking.writer import Writer
+
+if TYPE_CHECKING:
+    from pipeline.tracking.trials import TrialRuns
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +140,15 @@ class MlflowTracker:
             run_id = create_run(self.client, self.experiment_id, "search", tags, self.current())
         else:
             run_id = previous.run_id
+            from pipeline.tracking.trials import close_stale_trials, reopen  # Keras: see callbacks
+
             reopen(self.client, self.writer, previous, self.current())
             close_stale_trials(self.writer, self.reader, run_id)
         return self.open_run(run_id, "search")
 
     def trial_observer(self, search_run_id: str, cfg: SearchConfig) -> TrialRuns:
+        from pipeline.tracking.trials import TrialRuns  # Keras: see callbacks
+
         return TrialRuns(self.writer, self.experiment_id, search_run_id, cfg)
 
     def current(self) -> str:
@@ -152,6 +158,10 @@ class MlflowTracker:
 
     # what goes into the innermost open run
     def callbacks(self, stage: str) -> list:
+        # Keras only once there is training to log: a sweep job that is skipped (resume.py)
+        # opens a tracker before TensorFlow is imported, and must not import it unfiltered.
+        from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
+
         buffer = MetricsBuffer(self.writer, self.current(), self.cfg.metrics_flush_s)
         return [MetricsCallback(buffer)]
 
@@ -182,6 +192,8 @@ class MlflowTracker:
             close(figure)
 
     def log_search_outcome(self, outcome: SearchOutcome, objective: str) -> None:
+        from pipeline.tracking.trials import log_search_summary  # Keras: see callbacks
+
         log_search_summary(self.writer, self.current(), outcome, objective)
 
     # reading back

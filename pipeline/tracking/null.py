@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import ConfigError
-from pipeline.pretrain import LocalWeightsStore
 from pipeline.search_records import NullObserver
+
+if TYPE_CHECKING:
+    from pipeline.pretrain import LocalWeightsStore
 
 UNTRACKED = "-"  # the run id shown where nothing was logged
 
@@ -63,6 +66,8 @@ class NullTracker:
     def log_search_outcome(self, outcome, objective: str) -> None: ...
 
     def weights_store(self) -> LocalWeightsStore:
+        from pipeline.pretrain import LocalWeightsStore  # Keras: only once there is training
+
         folder = self.cfg.untracked_cache or PROJECT_ROOT / "mlruns" / "untracked-backbones"
         return LocalWeightsStore(Path(folder))
 

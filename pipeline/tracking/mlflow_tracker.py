@@ -76,7 +76,10 @@ class MlflowTracker:
         experiment = self.client.get_experiment_by_name(self.cfg.experiment_name)
         self.experiment_id = experiment.experiment_id
         self.reader = StoreReader(self.client, [self.experiment_id])
-        mark_orphans(self.client, self.reader)
+        backbones = self.client.get_experiment_by_name(self.cfg.backbone_experiment)
+        # a process killed while pretraining leaves a RUNNING run in the backbones' experiment too
+        ids = list(dict.fromkeys([self.experiment_id, backbones.experiment_id]))
+        mark_orphans(self.client, StoreReader(self.client, ids))
 
     def __exit__(self, *exc_info) -> None:
         """Everything queued is written and MLflow's logging threads are stopped."""

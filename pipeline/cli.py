@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 from pipeline import PROJECT_ROOT
 from pipeline.config import register_configs
 from pipeline.guard import run_guarded
+from pipeline.resume import finished_objective
 from pipeline.runtime import (
     configured,
     import_tensorflow_quietly,
@@ -19,6 +20,9 @@ register_configs()
 
 
 def configured_experiment(cfg: DictConfig) -> float:
+    skipped = finished_objective(cfg)  # a sweep job whose configuration already finished
+    if skipped is not None:
+        return skipped
     import_tensorflow_quietly()  # TensorFlow loads only after composition
     from pipeline.experiment import run_experiment
 

@@ -31,6 +31,7 @@ from pipeline.provenance import (
 )
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
+from pipeline.sweep import sweep_run_id
 from pipeline.tracking import Tracker, open_tracker
 from pipeline.validation import check_config
 
@@ -204,13 +205,16 @@ def run_tracked(
     tags = parent_tags(config, resolved, extra_tags)
     command = tags.get("command", "")
     name = run_name(config.dataset.name, config.backbone.name, config.seed, command)
-    with tracker.experiment_run(name, tags) as parent_id:
+    with tracker.experiment_run(name, tags, sweep_run_id(config.tracking)) as parent_id:
         tracker.log_config(resolved)
         log_skipped_files(tracker, task.skipped_files)
         ctx = StageContext(config, task, tracker.callbacks, progress_bar)
         pretrained = partial(backbone_for_transfer, config, task.input_shape, tracker, progress_bar)
         rows, failures = run_stages(ctx, pretrained, tracker, tags["config_hash"])
-        tracker.log_metrics({f"{r.stage}_test_accuracy": r.test_accuracy for r in rows})
+        metrics = {f"{r.stage}_test_accuracy": r.test_accuracy for r in rows}
+        if not failures:  # what the job returns, so that a skipped job can return it again
+            metrics["objective"] = rows[-1].best_val_accuracy
+        tracker.log_metrics(metrics)
         ids = tracker.run_ids()
         table = [(result, ids.get(result.stage, "-")) for result in rows]
         print(summary_table(table, parent_id, tracker.ui_command()))

@@ -1,18 +1,32 @@
-"""Hydra callbacks, registered under `hydra.callbacks` in conf/config.yaml.
+"""Hydra callbacks, registered under `hydra.callbacks` in conf/config.yaml, and what a sweep's
+jobs need to know about their sweep.
 
 Hydra instantiates callbacks for every run, single runs included: MLflow is imported only when a
-sweep starts, so that `tracking=off` runs never load it.
+sweep starts with tracking on, so that `tracking=off` runs never load it.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
+import re
+import shlex
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import TrackingConfig
+from pipeline.guard import in_sweep
 
 log = logging.getLogger(__name__)
+
+# In the sweep's folder: which MLflow run is the sweep's, read by its jobs (whatever process or
+# host runs them: launchers share the sweep folder with their jobs).
+SWEEP_RUN_FILE = "sweep_run.json"
 
 
 class PrepareStoreBeforeSweep(Callback):
@@ -52,3 +66,105 @@ class RedactHydraOutput(Callback):
                 masked = redact_text(text)
                 if masked != text:
                     path.write_text(masked)
+
+
+def store_label(tracking: TrackingConfig) -> str:
+    """The store and experiment a run lives in (passwords masked): a job nests under its sweep's
+    run only when both are the same."""
+    from pipeline.tracking.secrets import redact_text  # pure text: imports no MLflow
+    from pipeline.tracking.store import resolve_uri
+
+    return f"{redact_text(resolve_uri(tracking.uri))} {tracking.experiment_name}"
+
+
+def sweep_run_id(tracking: TrackingConfig) -> str | None:
+    """In a sweep job: the run of its sweep in the job's own store, if the sweep made one."""
+    if not (tracking.enabled and in_sweep()):
+        return None
+    try:
+        found = json.loads((Path(HydraConfig.get().sweep.dir) / SWEEP_RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found.get("run_id") if found.get("store") == store_label(tracking) else None
+
+
+def override_params(overrides: list[str]) -> dict[str, str]:
+    """`key=value` overrides as params: the key (without + ++ ~) and the value as written."""
+    params = {}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        params[re.sub(r"[^\w./ -]", "_", key)] = value
+    return params
+
+
+def sweep_name(task: list[str]) -> str:
+    """`sweep seed=0,1,2 freeze=top1,top2`: what the sweep varies."""
+    parsed = OverridesParser.create().parse_overrides(task)
+    swept = [override.input_line for override in parsed if override.is_sweep_override()]
+    return " ".join(["sweep", *swept])[:200]
+
+
+class SweepRun(Callback):
+    """One `sweep` run in MLflow per multirun, made before its jobs; each job's experiment run
+    nests under it (found through SWEEP_RUN_FILE); after the jobs it ends FINISHED with the count
+    of jobs finished, failed and skipped and the best job. A sweep stopped before its end (Ctrl-C
+    in a job, a launcher's error) ends its run KILLED or FAILED as the process exits.
+    """
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.tracking: TrackingConfig | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        marker = sweep_dir / SWEEP_RUN_FILE
+        marker.unlink(missing_ok=True)  # a sweep run of an earlier sweep in the same folder
+        if not config.tracking.enabled:
+            return
+        from pipeline.tracking.sweeps import start_sweep_run
+
+        self.tracking = OmegaConf.to_object(config.tracking)
+        overrides = OmegaConf.to_container(config.hydra.overrides, resolve=False)  # as typed
+        task = overrides["task"]
+        launch = [o for o in overrides["hydra"] if not o.startswith("hydra.mode=")]
+        tags = {
+            "sweep_id": str(config.hydra.sweep.dir),  # as its jobs are tagged
+            "sweep_dir": str(sweep_dir.resolve()),
+            "command": shlex.join(["python", "-m", "pipeline", "-m", *task, *launch]),
+        }
+        params = override_params([*task, *launch])
+        self.run_id = start_sweep_run(self.tracking, sweep_name(task), tags, params)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"run_id": self.run_id, "store": store_label(self.tracking)}))
+        atexit.register(self.end_early)
+        log.info("sweep run %s: the jobs' runs nest under it in MLflow", self.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.run_id is None:
+            return
+        from pipeline.tracking.sweeps import finish_sweep_run
+
+        atexit.unregister(self.end_early)
+        outcome = finish_sweep_run(self.tracking, self.run_id)
+        best = ""
+        if outcome.best is not None:
+            run, objective = outcome.best.parent.run_id, outcome.best.objective
+            best = f"; best: job {outcome.best_job} (run {run}, objective {objective:.4f})"
+        log.info(
+            "sweep run %s: %d finished, %d failed, %d skipped%s",
+            self.run_id,
+            outcome.finished,
+            outcome.failed,
+            outcome.skipped,
+            best,
+        )
+        self.run_id = None
+
+    def end_early(self) -> None:
+        """At exit, when the sweep stopped before on_multirun_end: its run never stays RUNNING."""
+        from pipeline.tracking.sweeps import finish_sweep_run
+
+        try:
+            finish_sweep_run(self.tracking, self.run_id, early=True)
+        except Exception as error:  # the process is ending: say so, do not raise
+            log.error("could not end sweep run %s: %s", self.run_id, error)

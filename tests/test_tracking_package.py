@@ -25,6 +25,7 @@ SEARCH += ["stages=[feature_extraction,fine_tune]"]
 WORKER_ONLY = ("chief_search", "fetch_artifact")  # called by distributed workers only
 SEARCH_ONLY = ("search_run", "trial_observer", "log_artifact", "log_search_outcome")
 SEARCH_ONLY += ("resumable_search",)
+SWEEP_ONLY = ("finished_experiment_run", "record_skipped_job")  # a sweep's job, before it runs
 PROTOCOL = sorted(
     name for name in vars(Tracker) if not name.startswith("_") and callable(vars(Tracker)[name])
 )
@@ -138,7 +139,7 @@ def assert_tree_failed_cleanly(client, raised: BaseException, name: str) -> None
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in PROTOCOL if n not in WORKER_ONLY + SEARCH_ONLY], ids=str
+    "name", [n for n in PROTOCOL if n not in WORKER_ONLY + SEARCH_ONLY + SWEEP_ONLY], ids=str
 )
 @pytest.mark.slow
 def test_a_tracking_call_that_fails_leaves_a_true_run_tree(name, smoke, client, monkeypatch):

@@ -22,7 +22,7 @@ from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import SearchError, TrackingUnreachable
 from pipeline.search_records import SearchOutcome
 from pipeline.tracking.flat import flatten
-from pipeline.tracking.query import RunRecord, StoreReader
+from pipeline.tracking.query import ExperimentRun, RunRecord, StoreReader
 from pipeline.tracking.runs import create_run, end_run, error_tag, mark_orphans
 from pipeline.tracking.secrets import redact_text, redact_tree
 from pipeline.tracking.store import (
@@ -34,6 +34,7 @@ from pipeline.tracking.store import (
     shut_down_async_logging,
     stop_retrying,
 )
+from pipeline.tracking.sweeps import SKIPPED_JOB
 from pipeline.tracking.weights import MlflowWeightsStore
 from pipeline.tracking.writer import Writer
 
@@ -127,9 +128,10 @@ class MlflowTracker:
             stop_retrying()  # what is still queued is tried once, when the tracker closes
             raise TrackingUnreachable(redact_text(self.uri), error) from error
 
-    def experiment_run(self, name: str, tags: dict[str, str]):
+    def experiment_run(self, name: str, tags: dict[str, str], sweep_run_id: str | None = None):
         safe = {key: str(value) for key, value in redact_tree(tags).items()}
-        return self.open_run(create_run(self.client, self.experiment_id, name, safe), "parent")
+        run_id = create_run(self.client, self.experiment_id, name, safe, sweep_run_id)
+        return self.open_run(run_id, "parent")
 
     def stage_run(self, stage: str):
         run_id = create_run(
@@ -220,6 +222,14 @@ class MlflowTracker:
     def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
         destination.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(destination)))
+
+    # sweeps
+    def finished_experiment_run(self, config_hash: str) -> ExperimentRun | None:
+        return self.reader.finished_experiment_run(config_hash)
+
+    def record_skipped_job(self, sweep_run_id: str, job: str, run_id: str) -> None:
+        # written at once: MLflow's asynchronous queue would cost its ~1 s stop to a skipped job
+        Writer(self.client, synchronous=True).tags(sweep_run_id, {f"{SKIPPED_JOB}{job}": run_id})
 
     # the summary
     def run_ids(self) -> dict[str, str]:

@@ -34,7 +34,9 @@ class NullTracker:
     def __exit__(self, *exc_info) -> None: ...
 
     @contextmanager
-    def experiment_run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
+    def experiment_run(
+        self, name: str, tags: dict[str, str], sweep_run_id: str | None = None
+    ) -> Iterator[str]:
         yield UNTRACKED
 
     @contextmanager
@@ -82,6 +84,11 @@ class NullTracker:
 
     def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
         raise ConfigError(f"tracking is off: no run {run_id} to fetch {path} from")
+
+    def finished_experiment_run(self, config_hash: str) -> None:
+        return None  # nothing was logged: a sweep without tracking runs every job
+
+    def record_skipped_job(self, sweep_run_id: str, job: str, run_id: str) -> None: ...
 
     def run_ids(self) -> dict[str, str]:
         return {}

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pipeline.config import SearchConfig
     from pipeline.pretrain import WeightsStore
     from pipeline.search_records import SearchOutcome, TrialObserver
-    from pipeline.tracking.query import RunRecord
+    from pipeline.tracking.query import ExperimentRun, RunRecord
 
 
 @runtime_checkable
@@ -35,8 +35,11 @@ class Tracker(Protocol):
     def __exit__(self, *exc_info) -> None: ...
 
     # the run tree
-    def experiment_run(self, name: str, tags: dict[str, str]) -> AbstractContextManager[str]:
-        """The parent run of one invocation; yields its run id ("-" when not tracked)."""
+    def experiment_run(
+        self, name: str, tags: dict[str, str], sweep_run_id: str | None = None
+    ) -> AbstractContextManager[str]:
+        """The parent run of one invocation, nested under its sweep's run when there is one;
+        yields its run id ("-" when not tracked)."""
 
     def stage_run(self, stage: str) -> AbstractContextManager[str]:
         """A child run of the parent, tagged `stage`; yields its run id."""
@@ -83,6 +86,13 @@ class Tracker(Protocol):
 
     def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
         """Download one artifact of a run into `destination`; its local path."""
+
+    # sweeps
+    def finished_experiment_run(self, config_hash: str) -> ExperimentRun | None:
+        """The latest FINISHED experiment run of this configuration: a sweep job skips on it."""
+
+    def record_skipped_job(self, sweep_run_id: str, job: str, run_id: str) -> None:
+        """Note on a sweep's run that its job `job` was skipped for the finished run `run_id`."""
 
     # the summary
     def run_ids(self) -> dict[str, str]:

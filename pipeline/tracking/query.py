@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import STAGES
 from pipeline.tracking.owner import process_dead
 
 PARENT_ID = "mlflow.parentRunId"
 PAGE = 1000
+# What an invocation returns to Hydra's sweeper: its last stage's best validation accuracy,
+# logged on its experiment run.
+OBJECTIVE = "objective"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,15 @@ class ExperimentRun:
     @property
     def config_hash(self) -> str:
         return self.parent.tags.get("config_hash", "")
+
+    @property
+    def objective(self) -> float | None:
+        """What the invocation returned: its last stage's best validation accuracy (read from
+        that stage's run for runs logged before the parent carried it)."""
+        if OBJECTIVE in self.parent.metrics:
+            return self.parent.metrics[OBJECTIVE]
+        ran = [stage for stage in STAGES if stage in self.stages]
+        return self.stages[ran[-1]].metrics.get("best_val_accuracy") if ran else None
 
 
 @dataclass
@@ -187,6 +200,21 @@ class StoreReader:
             return run
         return None
 
+    def finished_experiment_run(self, config_hash: str) -> ExperimentRun | None:
+        """The latest FINISHED experiment run of this exact configuration."""
+        query = f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"
+        parents = [run for run in self.runs(query) if is_experiment_run(run)]
+        return self.experiment_run(parents[0]) if parents else None
+
+    def experiment_run(self, parent: RunRecord) -> ExperimentRun:
+        """An invocation from its parent run; its stage runs are read only when its objective
+        is not on the parent (runs logged before it was)."""
+        found = ExperimentRun(parent)
+        if OBJECTIVE not in parent.metrics:
+            for run in self.children(parent.run_id, "FINISHED"):
+                attach(run, {parent.run_id: found}, {})
+        return found
+
     def parent_finished(self, run: RunRecord) -> bool:
         return run.parent_id is not None and self.run(run.parent_id).status == "FINISHED"
 
@@ -213,12 +241,16 @@ class StoreReader:
         wanted = {run.run_id for run in self.runs(filter_string)} if filter_string else None
         invocations: dict[str, ExperimentRun] = {}
         for run in everything:
-            parent = run.stage is None and run.parent_id is None and run.tags.get("config_hash")
-            if parent and (wanted is None or run.run_id in wanted):
+            if is_experiment_run(run) and (wanted is None or run.run_id in wanted):
                 invocations[run.run_id] = ExperimentRun(run)
         for run in everything:
             attach(run, invocations, by_id)
         return list(invocations.values())
+
+
+def is_experiment_run(run: RunRecord) -> bool:
+    """An invocation's parent run: no stage, a config hash; top level or nested in a sweep run."""
+    return run.stage is None and bool(run.tags.get("config_hash"))
 
 
 def attach(run: RunRecord, invocations: dict[str, ExperimentRun], by_id: dict) -> None:

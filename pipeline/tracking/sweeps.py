@@ -1,0 +1,110 @@
+"""A sweep as an MLflow run: created once before its jobs, their experiment runs nested under it
+(`mlflow.parentRunId`, whichever process runs a job), its jobs counted when it ends.
+
+A job skipped because its configuration already finished (sweep.skip_finished) is noted on the
+sweep run as a `skipped_job.<job number>` tag naming that finished run, which is not re-nested.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import TrackingConfig
+from pipeline.tracking.query import ExperimentRun, StoreReader, experiment_id, is_experiment_run
+from pipeline.tracking.runs import RunFailed, create_run, end_run
+from pipeline.tracking.secrets import redact_tree
+from pipeline.tracking.store import bounded_http, prepare_store, resolve_uri
+from pipeline.tracking.writer import Writer
+
+log = logging.getLogger(__name__)
+
+SWEEP_STAGE = "sweep"
+SKIPPED_JOB = "skipped_job."
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """How a sweep's jobs ended, and its best job (highest objective) when any returned one."""
+
+    finished: int
+    failed: int  # FAILED or KILLED, or still RUNNING when the sweep ended (its process died)
+    skipped: int
+    interrupted: bool  # a job ended KILLED
+    best_job: str | None = None
+    best: ExperimentRun | None = None
+
+
+@contextmanager
+def sweep_store(cfg: TrackingConfig) -> Iterator[tuple[MlflowClient, str]]:
+    """A client of the sweep's store (created if missing) and the experiment's id, with the
+    tracking server's retries bounded as for a job."""
+    with bounded_http(cfg.http_retries, cfg.http_timeout_s):
+        uri = resolve_uri(cfg.uri)
+        client = prepare_store(uri, [cfg.experiment_name, cfg.backbone_experiment])
+        yield client, experiment_id(client, cfg.experiment_name)
+
+
+def start_sweep_run(
+    cfg: TrackingConfig, name: str, tags: dict[str, str], params: dict[str, str]
+) -> str:
+    """A RUNNING `sweep` run (tag `stage=sweep`) with the sweep's overrides as params; its id."""
+    with sweep_store(cfg) as (client, experiment):
+        safe = {key: str(value) for key, value in redact_tree(tags).items()}
+        run_id = create_run(client, experiment, name, {**safe, "stage": SWEEP_STAGE})
+        writer = Writer(client, synchronous=True)
+        try:
+            writer.params(run_id, params)
+        except BaseException as error:
+            end_run(writer, run_id, error)
+            raise
+    return run_id
+
+
+def outcome_of(reader: StoreReader, run_id: str) -> SweepOutcome:
+    """Count the sweep's jobs: its nested experiment runs, and the finished runs it skipped."""
+    jobs = [run for run in reader.children(run_id) if is_experiment_run(run)]
+    tags = reader.run(run_id).tags
+    skipped = {k.removeprefix(SKIPPED_JOB): v for k, v in tags.items() if k.startswith(SKIPPED_JOB)}
+    done = [(run.tags.get("sweep_job", "?"), run) for run in jobs if run.status == "FINISHED"]
+    finished = len(done)
+    done += [(job, reader.run(run_id)) for job, run_id in skipped.items()]
+    scored = [(job, reader.experiment_run(run)) for job, run in done]
+    scored = [(job, run) for job, run in scored if run.objective is not None]
+    best_job, best = max(scored, key=lambda pair: pair[1].objective, default=(None, None))
+    return SweepOutcome(
+        finished=finished,
+        failed=len(jobs) - finished,
+        skipped=len(skipped),
+        interrupted=any(run.status == "KILLED" for run in jobs),
+        best_job=best_job,
+        best=best,
+    )
+
+
+def finish_sweep_run(cfg: TrackingConfig, run_id: str, early: bool = False) -> SweepOutcome:
+    """Log the counts of jobs (`jobs_finished`, `jobs_failed`, `jobs_skipped`) and the best job
+    (`best_objective`; tags `best_run_id`, `best_job`, `best_command`), then end the run:
+    FINISHED, or when the sweep stopped `early` KILLED (a job was interrupted) or FAILED."""
+    with sweep_store(cfg) as (client, experiment):
+        reader = StoreReader(client, [experiment])
+        outcome = outcome_of(reader, run_id)
+        writer = Writer(client, synchronous=True)
+        counts = {"finished": outcome.finished, "failed": outcome.failed}
+        counts["skipped"] = outcome.skipped
+        writer.final_metrics(run_id, {f"jobs_{key}": value for key, value in counts.items()})
+        if outcome.best is not None:
+            best = outcome.best.parent
+            writer.final_metrics(run_id, {"best_objective": outcome.best.objective})
+            tags = {"best_run_id": best.run_id, "best_job": outcome.best_job or "?"}
+            writer.tags(run_id, {**tags, "best_command": best.tags.get("command", "")})
+        error = None
+        if early:
+            stopped = RunFailed("the sweep stopped before its jobs were done")
+            error = KeyboardInterrupt() if outcome.interrupted else stopped
+        end_run(writer, run_id, error)
+    return outcome

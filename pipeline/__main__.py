@@ -5,6 +5,10 @@ nothing is open, so Ctrl-C ends the process at once: one line and exit 130. A Ke
 raised there instead can surface as an ImportError from a half-loaded extension, be swallowed by
 a weak-reference callback, or make CPython end the process by SIGINT after a clean exit 130.
 While a job runs, Ctrl-C raises KeyboardInterrupt as usual, so that its runs end KILLED.
+
+A sweep whose launcher runs jobs in worker processes (`hydra/launcher=joblib`) stops as a whole
+(sweep_stop.py): SIGTERM to the command reaches the running jobs, which end their runs KILLED; no
+new job starts; the workers end; the command exits 130 with one line.
 """
 
 import os
@@ -19,9 +23,35 @@ def exit_at_once(signum, frame) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+def stop_sweep(signum, frame) -> None:
+    """The sweep's process: stop its workers' jobs and the workers (sweep_stop.py), end the
+    sweep's run, then exit."""
+    from pipeline.sweep_stop import stop_sweep as stop_workers
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop at a time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_workers(signum, TERMINAL)
+    name = "Ctrl-C" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
+    line = f"error: interrupted ({name}); the sweep stopped: no new job, running jobs KILLED\n"
+    os.write(TERMINAL, line.encode())
+    os._exit(EXIT_INTERRUPTED)
+
+
+def multirun(argv: list[str]) -> bool:
+    return any(arg in ("-m", "--multirun") for arg in argv)
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, exit_at_once)
     import sys
+
+    if multirun(sys.argv[1:]):
+        from pipeline.sweep_stop import prepare
+
+        prepare()
+        signal.signal(signal.SIGINT, stop_sweep)
+        signal.signal(signal.SIGTERM, stop_sweep)
+    else:
+        signal.signal(signal.SIGINT, exit_at_once)
 
     from pipeline.config import register_configs
     from pipeline.preflight import exit_if_invalid

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.errors import ConfigError, TrackingUnreachable
+from pipeline.sweep_stop import end_interrupted_job, job_slot
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,27 @@ def full_errors() -> bool:
 
 
 def fail(message: str, code: int) -> float:
-    """Print one line; end the process, or in a sweep return NaN so the sweep goes on."""
+    """Print one line; end the process, or in a sweep return NaN so the sweep goes on.
+
+    An interrupted job in a launcher's worker waits there to be ended by the sweep's process: a
+    SystemExit would go back to the launcher as the job's result and the worker would start the
+    next job.
+    """
     print(f"error: {message}", file=sys.stderr)
     if in_sweep() and code != EXIT_INTERRUPTED:
         return math.nan
+    if code == EXIT_INTERRUPTED and in_sweep():
+        end_interrupted_job()  # in a launcher's worker: never returns (no next job starts there)
     sys.exit(code)
 
 
 def run_guarded(job: Callable[[], float]) -> float:
     """Run `job`, turning its failure into one line and an exit code."""
+    with job_slot():  # in a launcher's worker: the sweep's process can stop it (sweep_stop.py)
+        return guarded(job)
+
+
+def guarded(job: Callable[[], float]) -> float:
     try:
         return job()
     except ConfigError as error:

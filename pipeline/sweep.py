@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import sweep_stop
 from pipeline.config import TrackingConfig
 from pipeline.guard import in_sweep
 
@@ -137,6 +138,7 @@ class SweepRun(Callback):
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"run_id": self.run_id, "store": store_label(self.tracking)}))
         atexit.register(self.end_early)
+        sweep_stop.at_stop.append(self.end_early)  # SIGTERM to a joblib sweep ends by os._exit
         log.info("sweep run %s: the jobs' runs nest under it in MLflow", self.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -145,6 +147,7 @@ class SweepRun(Callback):
         from pipeline.tracking.sweeps import finish_sweep_run
 
         atexit.unregister(self.end_early)
+        sweep_stop.at_stop.remove(self.end_early)
         outcome = finish_sweep_run(self.tracking, self.run_id)
         best = ""
         if outcome.best is not None:

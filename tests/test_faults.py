@@ -133,3 +133,44 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay_s):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines
+
+
+def running_runs(store_uri: str, stage: str) -> list:
+    try:
+        runs = runs_by_stage(MlflowClient(store_uri)).get(stage, [])
+    except Exception:  # store not created yet
+        return []
+    return [run for run in runs if run.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_joblib_sweep_as_a_whole(tmp_path, store_uri):
+    """Both workers mid-job: no new job starts, both jobs' runs end KILLED, the workers end and
+    the command exits 130 in one line (it used to exit 143 and leave workers starting jobs)."""
+    import psutil
+
+    args = ["seed=0,1,2,3", "debug=smoke", f"tracking.uri={store_uri}", *LONG_SCRATCH]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    command = [sys.executable, "-m", "pipeline", "-m", *args, f"hydra.sweep.dir={tmp_path}"]
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while len(running_runs(store_uri, "scratch")) < 2 and time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    if len(running_runs(store_uri, "scratch")) < 2:
+        process.kill()
+        raise AssertionError(f"two jobs never ran: {process.communicate()[1][-3000:]}")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=150)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "the sweep stopped" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    runs = runs_by_stage(MlflowClient(store_uri))
+    assert sorted(run.data.tags["seed"] for run in runs["parent"]) == ["0", "1"]  # no new job
+    assert {run.info.status for run in runs["parent"] + runs["scratch"]} == {"KILLED"}
+    assert [run.info.status for run in runs["sweep"]] == ["KILLED"]

@@ -12,7 +12,7 @@ Both ways train the same model on the same training and validation images (Image
 - feature extraction (boundary: the whole backbone): backbone + head fitted on images, as with
   `train.cache_boundary=false`, vs. the head fitted on the backbone's output computed once;
 - fine-tuning of the top `--unfreeze-blocks` blocks (boundary: below the first unfrozen block,
-  `cats_dogs_mobilenet`'s 7 by default): the whole model fitted on images vs. the unfrozen top
+  `cats_dogs_mobilenet`'s 3 by default): the whole model fitted on images vs. the unfrozen top
   fitted on the frozen bottom's activations computed once (the pipeline's `FrozenFeatures`).
   Both start from the same weights.
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--folder", default=str(SHARED / "images" / "cats_and_dogs_filtered"))
     parser.add_argument("--alpha", default="1.0", choices=["0.35", "1.0"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--unfreeze-blocks", type=int, default=7)
+    parser.add_argument("--unfreeze-blocks", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=160)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -15,7 +15,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
@@ -33,46 +33,72 @@ DTYPE = np.dtype("float32")
 class Boundary:
     """A classifier cut at its freeze boundary: both parts share the classifier's layers."""
 
-    bottom: keras.Model  # image -> activations at the boundary, every weight frozen
-    top: keras.Model  # activations -> class probabilities: what training moves
-    position: int  # index in the backbone's layers of the first layer above the cut ("end": -1)
+    backbone: keras.Model
+    position: int  # index in the backbone's layers of the first layer above it (all frozen: count)
+    tensor: object  # the backbone's symbolic tensor at the cut
+    top: keras.Model | None  # activations -> class probabilities: what training moves
+
+    @property
+    def bottom(self) -> keras.Model:
+        """Image -> activations at the boundary, every weight frozen."""
+        return keras.Model(self.backbone.input, self.tensor, name="frozen_bottom")
+
+    @property
+    def name(self) -> str:
+        layers = self.backbone.layers
+        return layers[self.position].name if self.position < len(layers) else "the head"
 
     def nbytes(self, examples: int) -> int:
-        return examples * math.prod(self.top.input_shape[1:]) * DTYPE.itemsize
+        return examples * math.prod(self.tensor.shape[1:]) * DTYPE.itemsize
+
+    def from_lower(self, position: int) -> keras.Model | None:
+        """Activations at a lower boundary -> activations here; None when not one tensor."""
+        try:
+            return keras.Model(self.backbone.layers[position].input, self.tensor)
+        except (ValueError, AttributeError):
+            return None
 
 
-def lowest_trainable(backbone: keras.Model) -> int | None:
-    """Index of the backbone's lowest layer with trainable weights; None when all are frozen."""
+def lowest_trainable(backbone: keras.Model) -> int:
+    """Index of the backbone's lowest layer with trainable weights (their count: all frozen)."""
     for index, layer in enumerate(backbone.layers):
         if layer.trainable_weights:
             return index
-    return None
+    return len(backbone.layers)
 
 
-def cut(model: keras.Model) -> Boundary | None:
-    """The classifier (backbone + head, as `stack` builds it) cut below its lowest trainable
-    layer; None when there is nothing frozen worth computing once, or the cut is not one tensor
-    (a residual connection jumping over it)."""
-    backbone, head = backbone_of(model), model.get_layer("head")
-    position = lowest_trainable(backbone)
-    if position is None:
-        bottom = keras.Model(backbone.input, backbone.output, name="frozen_bottom")
-        return Boundary(bottom, head, -1)
-    frozen = backbone.layers[:position]
-    if not any(layer.weights for layer in frozen):
+def boundary_at(backbone: keras.Model, position: int) -> Boundary | None:
+    """The backbone's activations below `position`, when caching them saves work: some frozen
+    weights below, and one tensor at the cut (no residual connection jumping over it)."""
+    if not any(layer.weights for layer in backbone.layers[:position]):
         return None  # only input and preprocessing layers below: nothing to save
+    if position == len(backbone.layers):
+        return Boundary(backbone, position, backbone.output, None)
     tensor = backbone.layers[position].input
     if isinstance(tensor, list | tuple):
         return None
     try:
-        upper = keras.Model(tensor, backbone.output)
+        keras.Model(tensor, backbone.output)
     except ValueError:
         name = backbone.layers[position].name
         log.info("%s: no single tensor below it, the full model runs", name)
         return None
-    inputs = keras.Input(shape=tensor.shape[1:], name="boundary_activations")
+    return Boundary(backbone, position, tensor, None)
+
+
+def cut(model: keras.Model) -> Boundary | None:
+    """The classifier (backbone + head, as `stack` builds it) cut below its lowest trainable
+    layer, with the part above it to train; None when there is nothing worth computing once."""
+    backbone, head = backbone_of(model), model.get_layer("head")
+    boundary = boundary_at(backbone, lowest_trainable(backbone))
+    if boundary is None:
+        return None
+    if boundary.position == len(backbone.layers):
+        return replace(boundary, top=head)
+    upper = keras.Model(boundary.tensor, backbone.output)
+    inputs = keras.Input(shape=boundary.tensor.shape[1:], name="boundary_activations")
     top = keras.Model(inputs, head(upper(inputs, training=False)), name="above_boundary")
-    return Boundary(keras.Model(backbone.input, tensor, name="frozen_bottom"), top, position)
+    return replace(boundary, top=top)
 
 
 def activations(bottom: keras.Model, split: Split) -> Split:
@@ -104,35 +130,58 @@ class FrozenFeatures:
         """(model to train, the splits it takes): the part above the freeze boundary and the
         activations there, or the model itself and the splits as given."""
         boundary = cut(model) if self.enabled else None
-        if boundary is None:
-            return model, list(splits)
-        needed = sum(boundary.nbytes(len(s)) for s in splits)
-        if needed > self.max_bytes:
-            log.warning(
-                "train.cache_boundary: activations below %s would take %.3g GB, over "
-                "train.cache_max_gb=%g: the full model runs every step",
-                self.layer_name(model, boundary),
-                needed / 2**30,
-                self.max_gb,
-            )
+        if boundary is None or not self.fits(boundary, splits, warn=True):
             return model, list(splits)
         return boundary.top, [self.lookup(boundary, split) for split in splits]
 
-    @staticmethod
-    def layer_name(model: keras.Model, boundary: Boundary) -> str:
-        layers = backbone_of(model).layers
-        return "the head" if boundary.position < 0 else layers[boundary.position].name
+    def prefetch(self, backbone: keras.Model, position: int, splits: Sequence[Split]) -> None:
+        """Compute (and keep) the activations below `position` now: a later stage will cut there,
+        and the activations above it come cheaper from them (see `lookup`)."""
+        boundary = boundary_at(backbone, position) if self.enabled else None
+        if boundary is not None and self.fits(boundary, splits, warn=False):
+            for split in splits:
+                self.lookup(boundary, split)
+
+    def fits(self, boundary: Boundary, splits: Sequence[Split], warn: bool) -> bool:
+        needed = sum(boundary.nbytes(len(s)) for s in splits)
+        if needed <= self.max_bytes:
+            return True
+        if warn:
+            log.warning(
+                "train.cache_boundary: activations below %s would take %.3g GB, over "
+                "train.cache_max_gb=%g: the full model runs every step",
+                boundary.name,
+                needed / 2**30,
+                self.max_gb,
+            )
+        return False
 
     def lookup(self, boundary: Boundary, split: Split) -> Split:
+        """The split's activations at the boundary: kept, computed from those kept at the nearest
+        lower boundary, or computed from the images."""
         key = (boundary.position, id(split.x))
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key][1]
-        computed = activations(boundary.bottom, split)
+        computed = None
+        for position in sorted(self.lower_positions(boundary, split), reverse=True):
+            partial = boundary.from_lower(position)
+            if partial is not None:
+                computed = activations(partial, self.cache[(position, id(split.x))][1])
+                break
+        if computed is None:
+            computed = activations(boundary.bottom, split)
         self.cache[key] = (split.x, computed)  # holding split.x keeps its id from being reused
         while self.held_bytes() > self.max_bytes and len(self.cache) > 1:
             self.cache.popitem(last=False)
         return computed
+
+    def lower_positions(self, boundary: Boundary, split: Split) -> list[int]:
+        return [
+            position
+            for position, x_id in self.cache
+            if x_id == id(split.x) and position < boundary.position
+        ]
 
     def held_bytes(self) -> int:
         return sum(features.x.nbytes for _, features in self.cache.values())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import keras
 
 from pipeline.backbones import build_backbone
-from pipeline.boundary import FrozenFeatures
+from pipeline.boundary import FrozenFeatures, lowest_trainable
 from pipeline.config import Config
 from pipeline.data import Split, TaskData, augmenting, batches, eval_batches
 from pipeline.model import (
@@ -126,6 +126,18 @@ def train_above_boundary(ctx: StageContext, model: keras.Model, stage: str, lr: 
     return result, test_loss, test_accuracy
 
 
+def prefetch_fine_tune_boundary(ctx: StageContext, backbone: keras.Model) -> None:
+    """Fine-tuning at a configured depth follows: its boundary's activations are computed first,
+    and the head's features from them, so the images pass through the frozen bottom once."""
+    cfg = ctx.cfg
+    if "fine_tune" not in cfg.stages or cfg.search.tuner != "none" or not ctx.frozen.enabled:
+        return
+    unfreeze_top(backbone, cfg.freeze.unfreeze_blocks, cfg.freeze.unfreeze_layers)
+    position = lowest_trainable(backbone)
+    freeze(backbone)
+    ctx.frozen.prefetch(backbone, position, (ctx.task.train, ctx.task.val, ctx.task.test))
+
+
 def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
     """Pretrained backbone frozen, a new head trained on top of it.
 
@@ -135,6 +147,7 @@ def feature_extraction(ctx: StageContext, backbone: keras.Model) -> StageResult:
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.cfg.seed)
+    prefetch_fine_tune_boundary(ctx, backbone)
     freeze(backbone)
     head = build_head(
         backbone.output_shape[-1], ctx.task.num_classes, ctx.cfg.backbone.head_dropout

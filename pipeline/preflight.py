@@ -15,6 +15,7 @@ from typing import get_type_hints
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,7 +24,7 @@ from pipeline import PROJECT_ROOT
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.guard import full_errors
-from pipeline.validation import check_config
+from pipeline.validation import check_config, check_launcher
 
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
 
@@ -68,11 +69,20 @@ def one_line(error: Exception) -> str:
     return f"{key}: {message}" if key else message
 
 
+def sweep_values(override: Override) -> list[str]:
+    """A sweep's values; an interval's (Optuna's `interval(0.001, 0.1)`) are its two ends."""
+    if override.is_interval_sweep():
+        interval = override.value()
+        ends = [interval.start, interval.end]
+        return [str(end) for end in ends]
+    return list(override.sweep_string_iterator())
+
+
 def variants(overrides: list[str]) -> list[list[str]]:
     """One override list per sweep value (the other sweeps at their first value)."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     keys = [o.input_line.split("=", 1)[0] for o in parsed]
-    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else None for o in parsed]
+    values = [sweep_values(o) if o.is_sweep_override() else None for o in parsed]
     base = [
         o.input_line if v is None else f"{k}={v[0]}"
         for o, k, v in zip(parsed, keys, values, strict=True)
@@ -89,12 +99,18 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
     args = get_args_parser().parse_args(argv)
     if any(getattr(args, flag, None) for flag in INFO_FLAGS):
         return None
-    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
+    overrides = [o for o in args.overrides if o not in hydra_overrides(args)]
     try:
         candidates = variants(overrides)
     except OverrideParseException as error:
         return f"{' '.join(overrides)}: {str(error).splitlines()[0]}"
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        launcher = "basic"
+        if args.multirun:
+            try:
+                launcher = launcher_choice([*candidates[0], *hydra_overrides(args)], config_name)
+            except ConfigError as error:
+                return str(error)
         for candidate in candidates:
             try:
                 cfg = compose(config_name, overrides=candidate)
@@ -105,9 +121,32 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
                 return unknown_key(key)
             try:
                 check_config(config)
+                check_launcher(launcher, config)
             except ConfigError as error:
                 return str(error)
     return None
+
+
+def hydra_overrides(args) -> list[str]:
+    return [o for o in args.overrides if o.lstrip("+~").startswith("hydra")]
+
+
+def launcher_choice(overrides: list[str], config_name: str = "config") -> str:
+    """The sweep's launcher (`hydra/launcher=...`, else the config's); ConfigError when it is not
+    installed. Other mistakes in `hydra.*` overrides are left to Hydra's own report."""
+    try:
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        group, _, wanted = (error.missing_cfg_file or "").rpartition("/")
+        if group != "hydra/launcher":
+            return "basic"
+        raise ConfigError(
+            f"{group}={wanted} is not an option; allowed: {', '.join(error.options or [])} "
+            "(submitit and ray: pip install -e '.[cluster]')"
+        ) from error
+    except (ConfigCompositionException, OmegaConfBaseException):
+        return "basic"
+    return str(cfg.hydra.runtime.choices.get("hydra/launcher") or "basic")
 
 
 def exit_if_invalid(argv: list[str]) -> None:

@@ -303,6 +303,25 @@ def check_tracking(cfg: Config) -> None:
         require(problem is None, f"tracking.uri: the SQLite store cannot be written: {problem}")
 
 
+# Launchers whose jobs may run on other hosts: they cannot share one SQLite file (README, "Scaling
+# out"). basic, joblib and submitit_local keep every job on this host.
+MULTI_HOST_LAUNCHERS = ("submitit_slurm", "ray", "ray_aws")
+
+
+def check_launcher(launcher: str, cfg: Config) -> None:
+    """A sweep whose jobs run on other hosts logs to a tracking server, not a SQLite file."""
+    if launcher not in MULTI_HOST_LAUNCHERS or not cfg.tracking.enabled:
+        return
+    from pipeline.tracking.store import resolve_uri  # pure paths: imports no MLflow
+
+    uri = resolve_uri(cfg.tracking.uri)
+    require(
+        urlparse(uri).scheme != "sqlite",
+        f"hydra/launcher={launcher} runs jobs on other hosts, which cannot share the SQLite store "
+        f"{uri}; use a tracking server: tracking.uri=http://HOST:5000 (README: Scaling out)",
+    )
+
+
 def check_config(cfg: Config) -> None:
     """Raise ConfigError on the first impossible value; pass silently otherwise."""
     check_stages(cfg.stages)

@@ -21,10 +21,13 @@ throwaway store, or mlruns/untracked-backbones when tracking is off; plain: a .k
 work folder) and the timed runs reuse it, as every run after a project's first does.
 
 Printed: per variant the median, min and max wall time, the median CPU time (user + system) and
-the peak RSS (both from `os.wait4`: the child itself); tracking overhead = median(tracked) /
-median(off) - 1; pipeline vs plain = median(tracked) / median(plain); the goals met or not (on wall
-time; the same ratios in CPU time, less sensitive to other load on the machine, for information);
-and every variant's test accuracies, so that the reader sees the variants did comparable work.
+the peak resident memory of the whole process tree (sampled); tracking overhead = median(tracked)
+/ median(off) - 1; pipeline vs plain = median(tracked) / median(plain); the goals met or not (on
+wall time: the first run, pretraining included, <= 60 s; pipeline / plain <= 0.5; the same ratios
+in CPU time, less sensitive to other load on the machine, for information); where a pipeline run's
+seconds go (start-up and data, store and backbone, each stage with what it logs, exit), from its
+log's timestamps; and every variant's test accuracies, so that the reader sees the variants did
+comparable work. The plain script pretrains only in its warm-up, like the pipeline.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from memory import PeakTreeMemory  # bench/memory.py, beside this script
 
 if TYPE_CHECKING:
     import keras
@@ -52,10 +58,21 @@ VARIANTS = (TRACKED, OFF, PLAIN)
 SHORT = {TRACKED: "tracked", OFF: "off", PLAIN: "plain"}  # in log file names
 STAGES = ("scratch", "feature_extraction", "fine_tune")
 
-WALL_GOAL_S = 60.0
-RSS_GOAL_MIB = 3 * 1024
+COLD_GOAL_S = 60.0  # the first run, pretraining included
+RSS_GOAL_MIB = 2 * 1024
 OVERHEAD_GOAL = 0.05
-PLAIN_RATIO_GOAL = 1.0
+PLAIN_RATIO_GOAL = 0.5
+
+# The pipeline's log lines that open each part of a run (its timestamps give the breakdown); the
+# first part runs from the process's start to the first of them.
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[[\w.]+\]\[\w+\] - (.*)$")
+START_UP = "start-up: Python, Hydra, TensorFlow import, data"
+MILESTONES = (
+    ("dataset ", "store and pretrained backbone"),
+    ("stage scratch", "scratch"),
+    ("stage feature_extraction", "feature_extraction"),
+    ("stage fine_tune", "fine_tune + summary + exit"),
+)
 
 # A result row, as the pipeline's summary table and the plain script both print it:
 # stage, best val acc, test acc ("-" for pretraining), epochs, seconds.
@@ -238,6 +255,7 @@ class Run:
     peak_rss_mib: float
     test_accuracy: dict[str, float]
     stage_seconds: dict[str, float]
+    parts: dict[str, float]  # seconds from one milestone to the next (pipeline runs only)
 
 
 def command(variant: str, workdir: Path, tag: str) -> list[str]:
@@ -263,21 +281,42 @@ def parse_rows(stdout: str) -> tuple[dict[str, float], dict[str, float]]:
     return accuracy, seconds
 
 
+def parts_of(stdout: str, started: float, ended: float) -> dict[str, float]:
+    """Seconds from each milestone of the pipeline's log to the next (the last: to the exit)."""
+    marks = [(START_UP, started)]
+    for line in stdout.splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        stamp, message = match.groups()
+        for prefix, part in MILESTONES:
+            if message.startswith(prefix) and part not in dict(marks):
+                when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                marks.append((part, when))
+    marks.append(("", ended))
+    return {marks[i][0]: marks[i + 1][1] - marks[i][1] for i in range(len(marks) - 1)}
+
+
 def run_process(cmd: list[str], logs: Path) -> Run:
-    """Run `cmd` to completion; its wall time and its own peak RSS (ru_maxrss, KiB on Linux)."""
+    """Run `cmd` to completion; its wall time, CPU time and the peak resident memory of its
+    whole process tree (sampled)."""
     stdout, stderr = logs.with_suffix(".out"), logs.with_suffix(".err")
     with stdout.open("w") as out, stderr.open("w") as err:
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         process = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=err)
+        memory = PeakTreeMemory(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
+        seconds, ended = time.perf_counter() - start, time.time()
+        peak_mib = memory.stop()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         tail = "\n".join(stderr.read_text().splitlines()[-20:])
         raise RuntimeError(f"{' '.join(cmd)} exited {process.returncode}:\n{tail}")
-    accuracy, stage_seconds = parse_rows(stdout.read_text())
+    text = stdout.read_text()
+    accuracy, stage_seconds = parse_rows(text)
     cpu = usage.ru_utime + usage.ru_stime
-    return Run(seconds, cpu, usage.ru_maxrss / 1024, accuracy, stage_seconds)
+    parts = parts_of(text, started, ended) if "pipeline" in cmd else {}
+    return Run(seconds, cpu, peak_mib, accuracy, stage_seconds, parts)
 
 
 def measure(variant: str, workdir: Path, tag: str) -> Run:
@@ -314,21 +353,18 @@ def timing_table(runs: dict[str, list[Run]]) -> str:
     return table(("variant", "median s", "min s", "max s", "median CPU s", "peak RSS MiB"), rows)
 
 
-def goals_table(runs: dict[str, list[Run]]) -> str:
+def goals_table(runs: dict[str, list[Run]], warm: dict[str, Run]) -> str:
     median = {v: statistics.median(r.seconds for r in measured) for v, measured in runs.items()}
     cpu = {v: statistics.median(r.cpu_seconds for r in measured) for v, measured in runs.items()}
     rss = max(r.peak_rss_mib for r in runs[TRACKED])
     overhead = median[TRACKED] / median[OFF] - 1
     ratio = median[TRACKED] / median[PLAIN]
+    cold = warm[TRACKED].seconds
     checks = [
-        (
-            "median wall time (tracked) <= 60 s",
-            f"{median[TRACKED]:.1f} s",
-            median[TRACKED] <= WALL_GOAL_S,
-        ),
-        ("peak RSS (tracked) <= 3 GiB", f"{rss:.0f} MiB", rss <= RSS_GOAL_MIB),
+        ("first run (tracked, pretraining) <= 60 s", f"{cold:.1f} s", cold <= COLD_GOAL_S),
+        ("peak RSS, process tree (tracked) <= 2 GiB", f"{rss:.0f} MiB", rss <= RSS_GOAL_MIB),
         ("tracking overhead <= 5 %", f"{overhead:+.1%}", overhead <= OVERHEAD_GOAL),
-        ("pipeline / plain Keras <= 1.0", f"{ratio:.2f}", ratio <= PLAIN_RATIO_GOAL),
+        ("pipeline / plain Keras <= 0.5", f"{ratio:.2f}", ratio <= PLAIN_RATIO_GOAL),
     ]
     rows = [(goal, value, "yes" if ok else "NO") for goal, value, ok in checks]
     return (
@@ -349,6 +385,23 @@ def accuracy_table(runs: dict[str, list[Run]]) -> str:
             cells.append(f"{statistics.median(values):.4f}" if values else "?")
         rows.append((variant, *cells))
     return "test accuracy (median over runs)\n" + table(("variant", *STAGES), rows)
+
+
+def breakdown_table(runs: dict[str, list[Run]]) -> str:
+    """Where a pipeline run's seconds go (median over runs): each part from its first log line to
+    the next; a stage's part = its own training and evaluation + what it logs after (curves)."""
+    rows = []
+    for variant in (TRACKED, OFF):
+        measured = runs[variant]
+        names = list(dict.fromkeys(name for r in measured for name in r.parts))
+        for name in names:
+            values = [r.parts[name] for r in measured if name in r.parts]
+            stage = name.split(" ")[0]
+            own = [r.stage_seconds[stage] for r in measured if stage in r.stage_seconds]
+            inside = f"{statistics.median(own):.1f}" if own else ""
+            rows.append((variant, name, f"{statistics.median(values):.1f}", inside))
+    header = ("variant", "part (to the next log milestone, the last to exit)", "s", "stage's own s")
+    return "where the seconds go (median)\n" + table(header, rows)
 
 
 def notes(repeats: int, warm: dict[str, Run]) -> str:
@@ -374,7 +427,8 @@ def bench(repeats: int, workdir: Path) -> None:
             runs[variant].append(measure(variant, workdir, f"{i}-{SHORT[variant]}"))
     print("\n" + notes(repeats, warm), end="\n\n")
     print(timing_table(runs), end="\n\n")
-    print(goals_table(runs), end="\n\n")
+    print(goals_table(runs, warm), end="\n\n")
+    print(breakdown_table(runs), end="\n\n")
     print(accuracy_table(runs))
 
 

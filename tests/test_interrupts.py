@@ -1,7 +1,7 @@
 """Ctrl-C and SIGTERM during a search stop it every time: real signals, real searches, real store.
 
 The signals are real (sent to this process by a timer thread, handled by the job's own handler);
-the searches run in this process so that six of them fit in the suite's time.
+the searches run in this process so that ten of them fit in the suite's time.
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ def signal_during_search(search_dir: Path, signum: int, delay_s: float) -> threa
 
 @pytest.mark.slow
 def test_an_interrupt_stops_a_search_every_time_and_it_resumes(tmp_path, capfd):
-    """Six tries at random points (seeded), each resuming the last: each stops the search, its
+    """Ten tries at random points (seeded), each resuming the last: each stops the search, its
     runs end KILLED, none stays RUNNING, and the next command continues the same search run."""
     chance = random.Random(12)
     store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     search_dir = tmp_path / "search"
     overrides = [*SEARCH, "debug=smoke", f"tracking.uri={store_uri}"]
     config = compose_config([*overrides, f"search.directory={search_dir}"])
-    for attempt in range(6):
+    for attempt in range(10):
         signum = (signal.SIGINT, signal.SIGTERM)[attempt % 2]
         sender = signal_during_search(search_dir, signum, chance.uniform(0.0, 2.5))
         with pytest.raises(KeyboardInterrupt), interrupts_unwind():

@@ -43,6 +43,11 @@ def test_concurrent_first_runs_create_one_usable_store(tmp_path):
     assert names == ["Default", "transfer-lab", "transfer-lab-backbones"]
 
 
+def truncated(db) -> None:
+    """SQLite's header over a body that is not one (a copy cut short, a file overwritten)."""
+    db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 3000)
+
+
 def half_migrated(db) -> None:
     with sqlite3.connect(db) as connection:
         connection.execute("CREATE TABLE _alembic_tmp_runs (run_uuid TEXT)")
@@ -52,9 +57,10 @@ def half_migrated(db) -> None:
     ("spoil", "message"),
     [
         (lambda db: db.write_bytes(b"not a database\n" * 100), "is not a valid SQLite database"),
+        (truncated, "is not a valid SQLite database"),
         (half_migrated, "was left half-migrated (_alembic_tmp_runs); recover:"),
     ],
-    ids=["garbage", "half-migrated"],
+    ids=["garbage", "truncated", "half-migrated"],
 )
 def test_a_store_file_that_is_not_usable_is_refused_in_one_line(tmp_path, spoil, message):
     db = tmp_path / "mlruns" / "mlflow.db"

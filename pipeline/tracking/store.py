@@ -202,14 +202,19 @@ def check_sqlite_file(db: Path) -> None:
 
     if not db.is_file() or db.stat().st_size == 0:
         return
+    invalid = ConfigError(
+        f"mlflow.db is not a valid SQLite database: {db}; move it away (or restore a backup), "
+        "or point tracking.uri at another store"
+    )
     with db.open("rb") as handle:
         if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise ConfigError(
-                f"mlflow.db is not a valid SQLite database: {db}; move it away (or restore a "
-                "backup), or point tracking.uri at another store"
-            )
-    with closing(sqlite3.connect(db)) as connection:
-        names = connection.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+            raise invalid
+    try:  # a valid header over a truncated or overwritten body
+        with closing(sqlite3.connect(db)) as connection:
+            query = "SELECT name FROM sqlite_master WHERE type='table'"
+            names = connection.execute(query).fetchall()
+    except sqlite3.DatabaseError as error:
+        raise invalid from error
     leftovers = sorted(n for (n,) in names if n.startswith("_alembic_tmp_"))
     if leftovers:
         raise ConfigError(

@@ -3,12 +3,16 @@ real submitit jobs against a real `mlflow server`."""
 
 from __future__ import annotations
 
+import os
 from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipeline.preflight import check_composition
 from tests.conftest import run_cli
+from tests.test_server import kill_server, start_server
 
 SQLITE_REFUSED = "cannot share the SQLite store"
 
@@ -72,3 +76,74 @@ def test_the_refusal_exits_2_in_one_line_before_any_job_starts(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: hydra/launcher=submitit_slurm")
     assert "use a tracking server" in lines[0]
     assert not sweep.exists(), "nothing ran: no sweep folder"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real `mlflow server` on a free 127.0.0.1 port for this module's sweeps."""
+    process, url = start_server(tmp_path_factory.mktemp("server"))
+    yield url
+    kill_server(process)
+
+
+def smoke_sweep(launcher: list[str], url: str, experiment: str, sweep: Path) -> list[str]:
+    """Two seconds-long jobs (seeds 0 and 1, scratch only: no backbone to pretrain)."""
+    return [
+        "-m", *launcher, "seed=0,1", "debug=smoke", "stages=[scratch]",
+        f"tracking.uri={url}", f"tracking.experiment_name={experiment}",
+        f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+
+
+def sweep_and_jobs(url: str, experiment: str) -> tuple[object, list]:
+    """The sweep's run and its jobs' parent runs, read back through MLflow."""
+    client = MlflowClient(url)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    (sweep,) = [run for run in runs if run.data.tags.get("stage") == "sweep"]
+    parents = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert [run for run in runs if run.info.status == "RUNNING"] == []
+    return sweep, sorted(parents, key=lambda run: run.data.tags["seed"])
+
+
+def assert_two_finished_jobs(sweep, parents, sweep_dir: Path) -> None:
+    assert sweep.info.status == "FINISHED"
+    assert sweep.data.tags["sweep_id"] == str(sweep_dir)
+    assert sweep.data.metrics["jobs_finished"] == 2 and sweep.data.metrics["jobs_failed"] == 0
+    assert [run.data.tags["seed"] for run in parents] == ["0", "1"]
+    assert all(run.info.status == "FINISHED" for run in parents)
+    assert all(run.data.tags["sweep_id"] == str(sweep_dir) for run in parents)
+    pids = {run.data.tags["pid"] for run in parents}  # each job in a process of its own
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+
+
+@needs_submitit
+@pytest.mark.slow
+def test_submitit_local_runs_a_sweep_as_submitit_jobs_against_a_tracking_server(tmp_path, server):
+    sweep_dir = tmp_path / "sweep"
+    args = smoke_sweep(["hydra/launcher=submitit_local"], server, "submitit", sweep_dir)
+    done = run_cli(args, tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = [path for path in (sweep_dir / ".submitit").iterdir() if path.name.isdigit()]
+    assert len(jobs) == 2, "two submitit jobs, each with its own folder"
+    assert all(list(job.glob("*_result.pkl")) for job in jobs)
+    sweep, parents = sweep_and_jobs(server, "submitit")
+    assert_two_finished_jobs(sweep, parents, sweep_dir)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(tmp_path, server):
+    """`ray.init` starts a local instance bound to 127.0.0.1 (no dashboard) and ends it."""
+    sweep_dir = tmp_path / "sweep"
+    ray = [
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
+        "+hydra.launcher.ray.init.include_dashboard=false",
+        "+hydra.launcher.ray.init.num_cpus=2",
+    ]
+    done = run_cli(smoke_sweep(ray, server, "ray", sweep_dir), tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Started a local Ray instance" in done.stderr
+    sweep, parents = sweep_and_jobs(server, "ray")
+    assert_two_finished_jobs(sweep, parents, sweep_dir)

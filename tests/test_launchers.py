@@ -21,6 +21,10 @@ needs_submitit = pytest.mark.skipif(
     find_spec("hydra_plugins.hydra_submitit_launcher") is None,
     reason="hydra-submitit-launcher is not installed (pip install -e '.[cluster]')",
 )
+needs_optuna = pytest.mark.skipif(
+    find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="hydra-optuna-sweeper is not installed (pip install -e '.[optuna]')",
+)
 needs_ray = pytest.mark.skipif(
     find_spec("hydra_plugins.hydra_ray_launcher") is None or find_spec("ray") is None,
     reason="hydra-ray-launcher or ray is not installed (pip install -e '.[cluster]')",
@@ -147,3 +151,27 @@ def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(tmp_
     assert "Started a local Ray instance" in done.stderr
     sweep, parents = sweep_and_jobs(server, "ray")
     assert_two_finished_jobs(sweep, parents, sweep_dir)
+
+
+@needs_optuna
+@pytest.mark.slow
+def test_optuna_sweeper_maximizes_the_objective_that_jobs_return(tmp_path, server):
+    """Two trials (of the learning rate of a scratch-only smoke run, to stay cheap): each trial
+    is a sweep job nested under the sweep run; Optuna's best value is the best job's objective."""
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=0",
+        "lr.scratch=tag(log,interval(0.001,0.1))", "stages=[scratch]", "debug=smoke",
+        f"tracking.uri={server}", "tracking.experiment_name=optuna", f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+    done = run_cli(args, tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep, trials = sweep_and_jobs(server, "optuna")
+    assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials)
+    rates = {float(run.data.params["lr.scratch"]) for run in trials}
+    assert len(rates) == 2 and all(0.001 <= rate <= 0.1 for rate in rates)
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    best = max(run.data.metrics["objective"] for run in trials)
+    assert f"best_value: {best}" in results
+    assert sweep.data.metrics["jobs_finished"] == 2

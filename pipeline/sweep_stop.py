@@ -40,8 +40,10 @@ at_stop: list[Callable[[], None]] = []
 
 
 def state_folder() -> Path | None:
+    """The sweep's folder, where it exists: a job on another host (submitit_slurm exports the
+    environment to its jobs) does not see the submitting host's /tmp and runs as a plain job."""
     folder = os.environ.get(STATE)
-    return Path(folder) if folder else None
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def prepare() -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline import sweep_stop
 from pipeline.preflight import check_composition
 from tests.conftest import run_cli
 from tests.test_server import kill_server, start_server
@@ -175,3 +176,14 @@ def test_optuna_sweeper_maximizes_the_objective_that_jobs_return(tmp_path, serve
     best = max(run.data.metrics["objective"] for run in trials)
     assert f"best_value: {best}" in results
     assert sweep.data.metrics["jobs_finished"] == 2
+
+
+def test_a_job_on_another_host_runs_as_a_plain_job_without_the_sweeps_stop_folder(
+    tmp_path, monkeypatch
+):
+    """submitit_slurm exports the sweep's environment to jobs on other hosts, where the stop
+    folder (in the submitting host's /tmp) does not exist: the job runs, it is no worker."""
+    monkeypatch.setenv(sweep_stop.STATE, str(tmp_path / "transfer-lab-sweep-1-elsewhere"))
+    with sweep_stop.job_slot():
+        assert not sweep_stop.in_worker()
+    assert not (tmp_path / "transfer-lab-sweep-1-elsewhere").exists()

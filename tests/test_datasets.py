@@ -215,3 +215,25 @@ def test_mnist_at_the_digits_resolution_looks_like_the_target():
     # as smooth as the upscaled 8x8 target digits, unlike the sharp originals
     assert abs(total_variation(coarse) - total_variation(target)) < 0.5 * total_variation(target)
     assert total_variation(sharp) > 1.5 * total_variation(coarse)
+
+
+def test_a_big_split_read_by_index_gives_the_same_batches_without_a_second_copy(monkeypatch):
+    """Images over COPY_LIMIT_BYTES are read by index (no TensorFlow copy of the whole array):
+    the same shuffled batches, epoch after epoch, as slicing a copy."""
+    from pipeline.data import splits
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8), np.arange(50, dtype="int32"))
+
+    def epochs(limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        monkeypatch.setattr(splits, "COPY_LIMIT_BYTES", limit)
+        ds = splits.batches(split, 16, shuffle_seed=3)
+        return [(np.array(x), np.array(y)) for _ in range(2) for x, y in ds]
+
+    copied, by_index = epochs(limit=2**40), epochs(limit=0)
+    assert len(copied) == len(by_index) == 8
+    for (x1, y1), (x2, y2) in zip(copied, by_index, strict=True):
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, x2)
+    assert not np.array_equal(copied[0][1], copied[4][1]), "reshuffled every epoch"
+    assert by_index[0][0].dtype == np.float32 and by_index[0][0].max() <= 1.0

@@ -122,6 +122,7 @@ def augmenter(cfg: AugmentConfig, seed: int):
 
 
 INFERENCE_BATCH_BYTES = 8 * 2**20  # one inference batch's input as float32
+COPY_LIMIT_BYTES = 64 * 2**20  # a split's images up to this size may be copied into TensorFlow
 
 
 def inference_batch_size(split: Split, most: int = 256) -> int:
@@ -139,6 +140,24 @@ def eval_batches(split: Split):
     return batches(split, inference_batch_size(split))
 
 
+def examples_of(split: Split):
+    """A tf.data map function: a batch of indices -> (images, labels) read from the split."""
+    import tensorflow as tf
+
+    def take(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return split.x[indices], split.y[indices]
+
+    types = (tf.as_dtype(split.x.dtype), tf.as_dtype(split.y.dtype))
+
+    def read(indices):
+        x, y = tf.numpy_function(take, [indices], types, stateful=False)
+        x.set_shape((None, *split.x.shape[1:]))
+        y.set_shape((None, *split.y.shape[1:]))
+        return x, y
+
+    return read
+
+
 def batches(
     split: Split,
     batch_size: int,
@@ -148,13 +167,23 @@ def batches(
     """A batched, prefetched `tf.data.Dataset` of a split, images as float32 in [0, 1].
 
     Reshuffled every epoch when seeded; augmented (training data only) when `augment` says so.
+    A big split (over COPY_LIMIT_BYTES) is read by batches of indices from its arrays, so that its
+    images are never held twice (`from_tensor_slices` copies them into a TensorFlow constant per
+    dataset); a small one is sliced from that copy, which is faster per batch. Same batches.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    big = split.x.nbytes > COPY_LIMIT_BYTES
+    ds = (
+        tf.data.Dataset.range(len(split))
+        if big
+        else tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    )
     if shuffle_seed is not None:
         ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if big:
+        ds = ds.map(examples_of(split))
     if split.x.dtype == np.uint8:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y))
     if augmenting(augment):

@@ -170,7 +170,7 @@ def test_label_tasks_keep_merge_and_refuse_unknown_classes(tmp_path):
         load_task(folder_config(tmp_path, classes=["wolf", "cat"]), seed=0)
 
 
-def test_augmentation_touches_training_batches_only_and_disables_cached_features():
+def test_augmentation_touches_training_batches_only_and_disables_the_boundary_cache():
     images = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, None, :, None], (4, 16, 1, 3))
     split = Split(images, np.zeros(4, dtype="int32"))
     augment = AugmentConfig(flip="horizontal", rotation=0.2, zoom=0.2)
@@ -179,8 +179,8 @@ def test_augmentation_touches_training_batches_only_and_disables_cached_features
     assert np.allclose(plain, images / 255.0)
     assert not np.allclose(augmented, plain)
     cfg = OmegaConf.to_object(compose_config(["dataset.augment.flip=horizontal"]))
-    assert not StageContext(cfg, task=None).cached_features
-    assert StageContext(OmegaConf.to_object(compose_config([])), task=None).cached_features
+    assert not StageContext(cfg, task=None).frozen.enabled
+    assert StageContext(OmegaConf.to_object(compose_config([])), task=None).frozen.enabled
 
 
 @pytest.mark.skipif(not SHARED_CATS_DOGS.is_dir(), reason=f"{SHARED_CATS_DOGS} is absent")

@@ -266,6 +266,9 @@ class TrackingConfig:
     http_retries: int = 2
     http_timeout_s: int = 10
     untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
+    # The orphan sweep ends a RUNNING run of a process on another host (a cluster job the scheduler
+    # killed) once that process's heartbeat, tagged every minute, is this old.
+    orphan_after_s: float = 600.0
 
 
 @dataclass

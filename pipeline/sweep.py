@@ -105,6 +105,17 @@ def sweep_name(task: list[str]) -> str:
     return " ".join(["sweep", *swept])[:200]
 
 
+# The sweep runs' heartbeats (tracking/heartbeat.py), kept out of the callback: launchers pickle
+# it with their jobs (submitit, joblib, Ray), and a thread cannot be pickled.
+HEARTBEATS: dict[str, object] = {}
+
+
+def stop_heartbeat(run_id: str | None) -> None:
+    beating = HEARTBEATS.pop(run_id, None) if run_id else None
+    if beating is not None:
+        beating.__exit__(None, None, None)
+
+
 class SweepRun(Callback):
     """One `sweep` run in MLflow per multirun, made before its jobs; each job's experiment run
     nests under it (found through SWEEP_RUN_FILE); after the jobs it ends FINISHED with the count
@@ -122,7 +133,7 @@ class SweepRun(Callback):
         marker.unlink(missing_ok=True)  # a sweep run of an earlier sweep in the same folder
         if not config.tracking.enabled:
             return
-        from pipeline.tracking.sweeps import start_sweep_run
+        from pipeline.tracking.sweeps import start_sweep_run, sweep_heartbeat
 
         self.tracking = OmegaConf.to_object(config.tracking)
         overrides = OmegaConf.to_container(config.hydra.overrides, resolve=False)  # as typed
@@ -135,6 +146,7 @@ class SweepRun(Callback):
         }
         params = override_params([*task, *launch])
         self.run_id = start_sweep_run(self.tracking, sweep_name(task), tags, params)
+        HEARTBEATS[self.run_id] = sweep_heartbeat(self.tracking, self.run_id)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"run_id": self.run_id, "store": store_label(self.tracking)}))
         atexit.register(self.end_early)
@@ -148,6 +160,7 @@ class SweepRun(Callback):
 
         atexit.unregister(self.end_early)
         sweep_stop.at_stop.remove(self.end_early)
+        stop_heartbeat(self.run_id)
         outcome = finish_sweep_run(self.tracking, self.run_id)
         best = ""
         if outcome.best is not None:
@@ -167,6 +180,7 @@ class SweepRun(Callback):
         """At exit, when the sweep stopped before on_multirun_end: its run never stays RUNNING."""
         from pipeline.tracking.sweeps import finish_sweep_run
 
+        stop_heartbeat(self.run_id)
         try:
             finish_sweep_run(self.tracking, self.run_id, early=True)
         except Exception as error:  # the process is ending: say so, do not raise

@@ -261,6 +261,7 @@ def check_search(cfg: Config) -> None:
 # Stores MLflow's client logs to; "" is a plain path (MLflow's file store).
 TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql")
 MAX_HTTP_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
+MIN_ORPHAN_AFTER_S = 180.0  # three missed heartbeats (pipeline/tracking/heartbeat.py)
 
 
 def writable_sqlite(path: Path) -> str | None:
@@ -290,6 +291,11 @@ def check_tracking(cfg: Config) -> None:
     require(
         tracking.http_timeout_s >= 1,
         f"tracking.http_timeout_s={tracking.http_timeout_s} is out of range; allowed: >= 1",
+    )
+    require(
+        tracking.orphan_after_s >= MIN_ORPHAN_AFTER_S,
+        f"tracking.orphan_after_s={tracking.orphan_after_s} is out of range; allowed: >= "
+        f"{MIN_ORPHAN_AFTER_S:.0f} (a live process tags its heartbeat once a minute)",
     )
     uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2 is postgresql

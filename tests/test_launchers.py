@@ -4,6 +4,7 @@ real submitit jobs against a real `mlflow server`."""
 from __future__ import annotations
 
 import os
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import sweep_stop
 from pipeline.preflight import check_composition
+from pipeline.tracking.heartbeat import HEARTBEAT_TAG, Heartbeat
+from pipeline.tracking.query import StoreReader
+from pipeline.tracking.runs import mark_orphans
+from pipeline.tracking.store import prepare_store
 from tests.conftest import run_cli
 from tests.test_server import kill_server, start_server
 
@@ -118,6 +123,7 @@ def assert_two_finished_jobs(sweep, parents, sweep_dir: Path) -> None:
     assert [run.data.tags["seed"] for run in parents] == ["0", "1"]
     assert all(run.info.status == "FINISHED" for run in parents)
     assert all(run.data.tags["sweep_id"] == str(sweep_dir) for run in parents)
+    assert all(HEARTBEAT_TAG in run.data.tags for run in [sweep, *parents])
     pids = {run.data.tags["pid"] for run in parents}  # each job in a process of its own
     assert len(pids) == 2 and str(os.getpid()) not in pids
 
@@ -187,3 +193,47 @@ def test_a_job_on_another_host_runs_as_a_plain_job_without_the_sweeps_stop_folde
     with sweep_stop.job_slot():
         assert not sweep_stop.in_worker()
     assert not (tmp_path / "transfer-lab-sweep-1-elsewhere").exists()
+
+
+def test_runs_of_a_silent_process_on_another_host_end_failed_at_the_next_orphan_sweep(store_uri):
+    """A cluster job killed by its scheduler: its process on another host cannot be asked, but
+    its heartbeat stops. Runs of a process whose newest heartbeat is older than orphan_after_s
+    end FAILED; a process still beating, or one that never beat, is left alone."""
+    client = prepare_store(store_uri, ["transfer-lab"])
+    experiment = client.get_experiment_by_name("transfer-lab").experiment_id
+    now = int(time.time())
+
+    def running(host: str, pid: str, beat: int | None = None) -> str:
+        tags = {"host": host, "pid": pid} | ({HEARTBEAT_TAG: str(beat)} if beat else {})
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    killed = [running("node-7", "4242", now - 700), running("node-7", "4242")]  # parent, stage
+    alive = [running("node-8", "4242", now - 30), running("node-8", "4242")]
+    never_beat = running("node-9", "17")
+    marked = mark_orphans(client, StoreReader(client, [experiment]), orphan_after_s=600)
+    assert sorted(marked) == sorted(killed)
+    for run_id in killed:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["error"].startswith("orphaned: process 4242 on node-7 silent since")
+    assert {client.get_run(r).info.status for r in [*alive, never_beat]} == {"RUNNING"}
+
+
+def test_a_heartbeat_tags_its_run_until_its_block_ends(store_uri):
+    client = prepare_store(store_uri, ["transfer-lab"])
+    experiment = client.get_experiment_by_name("transfer-lab").experiment_id
+    run_id = client.create_run(experiment).info.run_id
+    with Heartbeat(client, run_id, interval_s=0.05) as heartbeat:
+        assert client.get_run(run_id).data.tags[HEARTBEAT_TAG].isdigit()  # at once
+        client.set_tag(run_id, HEARTBEAT_TAG, "0")
+        time.sleep(0.5)
+        assert client.get_run(run_id).data.tags[HEARTBEAT_TAG] != "0"  # again
+    heartbeat.thread.join(timeout=5)
+    assert not heartbeat.thread.is_alive()
+
+
+def test_orphan_after_s_below_three_heartbeats_is_one_line():
+    problem = check_composition(["tracking.orphan_after_s=60"])
+    assert problem is not None and problem.startswith(
+        "tracking.orphan_after_s=60.0 is out of range"
+    )

@@ -22,6 +22,7 @@ from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import SearchError, TrackingUnreachable
 from pipeline.search_records import SearchOutcome
 from pipeline.tracking.flat import flatten
+from pipeline.tracking.heartbeat import Heartbeat
 from pipeline.tracking.query import ExperimentRun, RunRecord, StoreReader
 from pipeline.tracking.runs import create_run, end_run, error_tag, mark_orphans
 from pipeline.tracking.secrets import redact_text, redact_tree
@@ -80,7 +81,7 @@ class MlflowTracker:
         backbones = self.client.get_experiment_by_name(self.cfg.backbone_experiment)
         # a process killed while pretraining leaves a RUNNING run in the backbones' experiment too
         ids = list(dict.fromkeys([self.experiment_id, backbones.experiment_id]))
-        mark_orphans(self.client, StoreReader(self.client, ids))
+        mark_orphans(self.client, StoreReader(self.client, ids), self.cfg.orphan_after_s)
 
     def __exit__(self, *exc_info) -> None:
         """Everything queued is written and MLflow's logging threads are stopped."""
@@ -128,10 +129,16 @@ class MlflowTracker:
             stop_retrying()  # what is still queued is tried once, when the tracker closes
             raise TrackingUnreachable(redact_text(self.uri), error) from error
 
-    def experiment_run(self, name: str, tags: dict[str, str], sweep_run_id: str | None = None):
+    @contextmanager
+    def experiment_run(
+        self, name: str, tags: dict[str, str], sweep_run_id: str | None = None
+    ) -> Iterator[str]:
+        """The invocation's parent run, with a heartbeat while it is open (this process's runs
+        on other hosts' orphan sweeps: heartbeat.py)."""
         safe = {key: str(value) for key, value in redact_tree(tags).items()}
         run_id = create_run(self.client, self.experiment_id, name, safe, sweep_run_id)
-        return self.open_run(run_id, "parent")
+        with self.open_run(run_id, "parent") as opened, Heartbeat(self.client, run_id):
+            yield opened
 
     def stage_run(self, stage: str):
         run_id = create_run(

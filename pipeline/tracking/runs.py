@@ -2,23 +2,32 @@
 
 Runs end FINISHED, FAILED (with an `error` tag) or KILLED (Ctrl-C, SIGTERM), never RUNNING. A
 run's process is tagged (`host`, `pid`), so that a later invocation can tell a run whose process
-died (kill -9, power loss) from a live one and end it FAILED: the orphan sweep.
+died (kill -9, power loss) from a live one and end it FAILED: the orphan sweep. A process on
+another host cannot be asked: its runs end FAILED once its heartbeat (heartbeat.py) is older than
+`tracking.orphan_after_s`.
 """
 
 from __future__ import annotations
 
 import getpass
 import logging
+import socket
+import time
+from datetime import datetime, timezone
 
 from mlflow.tracking import MlflowClient
 
 from pipeline.runtime import interrupt_received
+from pipeline.tracking.heartbeat import last_heartbeat
 from pipeline.tracking.owner import process_dead, process_tags
 from pipeline.tracking.query import RunRecord, StoreReader
 from pipeline.tracking.store import stop_retrying, terminate_run
 from pipeline.tracking.writer import TAG_LIMIT, Writer
 
 log = logging.getLogger(__name__)
+
+# A process on another host that has not tagged a heartbeat (heartbeat.py) for this long is gone.
+ORPHAN_AFTER_S = 600.0
 
 
 def source_tags() -> dict[str, str]:
@@ -93,11 +102,41 @@ def end_run(writer: Writer, run_id: str, error: BaseException | None) -> Excepti
     return failed_write
 
 
-def mark_orphans(client: MlflowClient, reader: StoreReader) -> list[str]:
-    """End FAILED the RUNNING runs whose process, on this host, is dead (kill -9, power loss)."""
-    orphans: list[RunRecord] = [r for r in reader.running_runs() if process_dead(r.tags)]
+def owner_of(run: RunRecord) -> tuple[str | None, str | None]:
+    return run.tags.get("host"), run.tags.get("pid")
+
+
+def silent_processes(runs: list[RunRecord], orphan_after_s: float) -> dict[tuple, int]:
+    """Processes on other hosts whose newest heartbeat (on any of their runs) is older than
+    `orphan_after_s`: (host, pid) -> that heartbeat. A process that never beat is left alone."""
+    newest: dict[tuple, int] = {}
+    for run in runs:
+        beat = last_heartbeat(run.tags)
+        if run.tags.get("host") != socket.gethostname() and beat is not None:
+            owner = owner_of(run)
+            newest[owner] = max(beat, newest.get(owner, 0))
+    now = time.time()
+    return {owner: beat for owner, beat in newest.items() if now - beat > orphan_after_s}
+
+
+def orphan_reason(run: RunRecord, silent: dict[tuple, int]) -> str:
+    beat = silent.get(owner_of(run))
+    if beat is None:
+        return orphan_message(run.tags["pid"])
+    since = datetime.fromtimestamp(beat, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"orphaned: process {run.tags['pid']} on {run.tags['host']} silent since {since}"
+
+
+def mark_orphans(
+    client: MlflowClient, reader: StoreReader, orphan_after_s: float = ORPHAN_AFTER_S
+) -> list[str]:
+    """End FAILED the RUNNING runs whose process is dead: on this host, no such pid (kill -9,
+    power loss); on another host, no heartbeat for `orphan_after_s` (a node or job killed)."""
+    running = reader.running_runs()
+    silent = silent_processes(running, orphan_after_s)
+    orphans = [r for r in running if process_dead(r.tags) or owner_of(r) in silent]
     for run in orphans:
-        client.set_tag(run.run_id, "error", orphan_message(run.tags["pid"]))
+        client.set_tag(run.run_id, "error", orphan_reason(run, silent))
         terminate_run(client, run.run_id, "FAILED")
     if orphans:
         log.warning(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrackingConfig
+from pipeline.tracking.heartbeat import Heartbeat
 from pipeline.tracking.query import ExperimentRun, StoreReader, experiment_id, is_experiment_run
 from pipeline.tracking.runs import RunFailed, create_run, end_run
 from pipeline.tracking.secrets import redact_tree
@@ -63,6 +64,12 @@ def start_sweep_run(
             end_run(writer, run_id, error)
             raise
     return run_id
+
+
+def sweep_heartbeat(cfg: TrackingConfig, run_id: str) -> Heartbeat:
+    """The sweep run's heartbeat, started: while the sweep's process waits for jobs on other
+    hosts, their orphan sweeps must not take its run for a dead process's (heartbeat.py)."""
+    return Heartbeat(MlflowClient(resolve_uri(cfg.uri)), run_id).__enter__()
 
 
 def outcome_of(reader: StoreReader, run_id: str) -> SweepOutcome:

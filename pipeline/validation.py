@@ -6,6 +6,7 @@ Every message names the offending key and value and what is allowed.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -264,13 +265,21 @@ MAX_HTTP_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_L
 MIN_ORPHAN_AFTER_S = 180.0  # three missed heartbeats (pipeline/tracking/heartbeat.py)
 
 
+MIN_FREE_BYTES = 2**20  # a run's writes to a SQLite store take tens of KiB; creating it ~1 MiB
+
+
 def writable_sqlite(path: Path) -> str | None:
     """Why a SQLite store at `path` could not be written, or None."""
-    if path.exists():
-        return None if os.access(path, os.W_OK) else f"{path} is read-only"
     folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is read-only"
+    if not path.exists() and (
+        folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)
+    ):
         return f"{folder} is not a writable folder (the store would be created in it)"
+    free = shutil.disk_usage(folder).free if folder is not None else MIN_FREE_BYTES
+    if free < MIN_FREE_BYTES:
+        return f"no space left on device writing {path} ({free // 1024} KiB free)"
     return None
 
 

@@ -73,3 +73,36 @@ def test_a_store_file_that_is_not_usable_is_refused_in_one_line(tmp_path, spoil,
     assert len(errors) == 1 and message in errors[0] and str(db) in errors[0]
     assert "Traceback" not in done.stderr
     assert db.read_bytes() == before, "the file is left as it was"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system with no space left: a 1 MiB tmpfs, filled (needs mount rights)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        with (mount_point / "filler").open("wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+            except OSError:
+                pass
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_store_on_a_full_disk_is_one_line_before_anything_runs(tmp_path, full_disk):
+    db = full_disk / "mlflow.db"
+    done = run_cli(["debug=smoke", f"tracking.uri=sqlite:///{db}"], tmp_path, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"no space left on device writing {db}" in errors[0]
+    assert "Traceback" not in done.stderr and not db.exists()

@@ -240,13 +240,48 @@ def creation_lock(uri: str) -> Iterator[None]:
 
 
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
-    """Create the store's tables and experiments once, so parallel jobs do not race on them."""
+    """Create the store's tables and experiments once, so parallel jobs do not race on them.
+
+    A SQLite store that cannot be written (a full disk, a read-only file or file system) is one
+    line naming the cause and the file, before anything trains."""
     from mlflow.tracking import MlflowClient
 
     check_reachable(uri)
-    with creation_lock(uri):
-        client = MlflowClient(uri)
-        client._tracking_client.store  # noqa: B018 (creating the store creates its tables)
-        for name in experiment_names:
-            ensure_experiment(client, name, uri)
+    try:
+        with creation_lock(uri):
+            client = MlflowClient(uri)
+            client._tracking_client.store  # noqa: B018 (creating the store creates its tables)
+            for name in experiment_names:
+                ensure_experiment(client, name, uri)
+    except ConfigError:
+        raise
+    except Exception as error:
+        problem = storage_problem(error, sqlite_path(uri))
+        if problem is None:
+            raise
+        raise ConfigError(problem) from None
     return client
+
+
+# What SQLite (or the file system) says when a store cannot be written, and what it means.
+STORAGE_ERRORS = (
+    (("database or disk is full", "no space left"), "no space left on device writing {db}"),
+    (
+        ("readonly database", "read-only file system"),
+        "the MLflow store {db} cannot be written (read-only); point tracking.uri at a writable one",
+    ),
+)
+
+
+def storage_problem(error: BaseException, db: Path | None) -> str | None:
+    """The one-line cause of a store write that failed for want of space or write access."""
+    if db is None:
+        return None
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).lower()
+        for needles, message in STORAGE_ERRORS:
+            if any(needle in text for needle in needles):
+                return message.format(db=db)
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -99,6 +99,16 @@ def busy_workers(folder: Path) -> list[int]:
     return [int(path.name) for path in folder.iterdir() if path.name.isdigit()]
 
 
+def launcher_helper(process) -> bool:
+    """loky's resource tracker: ended first, before the workers whose ends it would report."""
+    import psutil
+
+    try:
+        return any("resource_tracker" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def stop_sweep(signum: int, terminal_fd: int) -> None:
     """In the sweep's process: stop the running jobs, end the workers; then the caller exits."""
     import psutil
@@ -120,7 +130,7 @@ def stop_sweep(signum: int, terminal_fd: int) -> None:
                 terminal_fd, f"error: jobs in {stuck} did not unwind in {UNWIND_S} s\n".encode()
             )
         shutil.rmtree(folder, ignore_errors=True)
-    for worker in workers:
+    for worker in sorted(workers, key=lambda process: not launcher_helper(process)):
         with contextlib.suppress(psutil.Error):
             worker.kill()
     psutil.wait_procs(workers, timeout=10)

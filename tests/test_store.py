@@ -76,27 +76,37 @@ def test_a_store_file_that_is_not_usable_is_refused_in_one_line(tmp_path, spoil,
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A real file system with no space left: a 1 MiB tmpfs, filled (needs mount rights)."""
-    mount_point = tmp_path / "full"
+def small_disk(tmp_path):
+    """A real 3 MiB file system (tmpfs; needs mount rights), unmounted after the test."""
+    mount_point = tmp_path / "small"
     mount_point.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
-        with (mount_point / "filler").open("wb") as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65536)
-            except OSError:
-                pass
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def fill(folder) -> None:
+    """Write zeros into `folder` until its file system has no space left."""
+    try:
+        with (folder / "filler").open("ab", buffering=0) as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def full_disk(small_disk):
+    fill(small_disk)
+    return small_disk
 
 
 def test_a_store_on_a_full_disk_is_one_line_before_anything_runs(tmp_path, full_disk):

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
-from pipeline.data import Split, eval_batches
+from pipeline.config import Config
+from pipeline.data import Split, augmenting, eval_batches
 from pipeline.model import backbone_of
 from pipeline.runtime import raise_if_interrupted
 
@@ -119,6 +120,13 @@ class FrozenFeatures:
     One per pretrained backbone: the activations are valid while the weights below the boundary
     are the backbone's, which feature extraction, the search and fine-tuning never change.
     """
+
+    @classmethod
+    def configured(cls, cfg: Config) -> FrozenFeatures:
+        """The cache an experiment's config asks for: off with augmentation (the input changes
+        every epoch) or `train.cache_boundary=false`."""
+        caching = cfg.train.cache_boundary and not augmenting(cfg.dataset.augment)
+        return cls(caching, cfg.train.cache_max_gb)
 
     def __init__(self, enabled: bool, max_gb: float):
         self.enabled = enabled

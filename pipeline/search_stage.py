@@ -24,7 +24,7 @@ from pipeline.backbones import build_backbone
 from pipeline.boundary import FrozenFeatures
 from pipeline.catalog import block_count
 from pipeline.config import Config, SearchConfig
-from pipeline.data import TaskData, augmenting
+from pipeline.data import TaskData
 from pipeline.model import build_head, save_weights_atomically, stack
 from pipeline.search import SearchSetup, require_best, role, run_search, tuner_id
 from pipeline.search_records import CHECKPOINT, HYPERPARAMETERS, TrialRecord
@@ -72,8 +72,7 @@ def make_setup(
 ) -> SearchSetup:
     """What the tuner needs; `frozen`: the stages' boundary cache (a worker makes its own)."""
     if frozen is None:
-        caching = cfg.train.cache_boundary and not augmenting(cfg.dataset.augment)
-        frozen = FrozenFeatures(caching, cfg.train.cache_max_gb)
+        frozen = FrozenFeatures.configured(cfg)
     return SearchSetup(
         cfg=cfg.search,
         directory=directory,

@@ -17,7 +17,7 @@ import keras
 from pipeline.backbones import build_backbone
 from pipeline.boundary import FrozenFeatures, lowest_trainable
 from pipeline.config import Config
-from pipeline.data import Split, TaskData, augmenting, batches, eval_batches
+from pipeline.data import Split, TaskData, batches, eval_batches
 from pipeline.model import (
     FitResult,
     backbone_of,
@@ -62,9 +62,7 @@ class StageContext:
     frozen: FrozenFeatures = field(init=False)  # the boundary cache of the pretrained backbone
 
     def __post_init__(self) -> None:
-        train = self.cfg.train
-        caching = train.cache_boundary and not augmenting(self.cfg.dataset.augment)
-        self.frozen = FrozenFeatures(caching, train.cache_max_gb)
+        self.frozen = FrozenFeatures.configured(self.cfg)
 
     def train_batches(self, split: Split | None = None):
         """Shuffled training batches: images (augmented if configured), or given features."""

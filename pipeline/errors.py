@@ -9,7 +9,25 @@ class SearchError(RuntimeError):
     """A search that cannot give a best trial (none succeeded, or too many failed in a row)."""
 
 
-class TrackingUnreachable(RuntimeError):
+class TrackingLost(RuntimeError):
+    """The store stopped taking writes while the command ran: the command stops, saying why
+    (no later stage could log either). `interrupted`: Ctrl-C or SIGTERM came first."""
+
+    interrupted = False
+
+
+class StoreUnwritable(TrackingLost):
+    """A SQLite store that could be written when the command started no longer can (the disk
+    filled up, the file or its file system turned read-only). `problem` names the cause and file."""
+
+    def __init__(self, problem: str):
+        super().__init__(
+            f"{problem}: the command stopped; runs it could not end stay RUNNING until the next "
+            "command on that store ends them FAILED"
+        )
+
+
+class TrackingUnreachable(TrackingLost):
     """The tracking server stopped answering while the command ran: it stops, saying so.
 
     The runs it had open stay RUNNING on the server; the next command on that store ends them

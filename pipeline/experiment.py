@@ -19,7 +19,7 @@ from pipeline.backbones import build_backbone
 from pipeline.catalog import APPLICATIONS
 from pipeline.config import Config
 from pipeline.data import TaskData, load_task
-from pipeline.errors import ConfigError, TrackingUnreachable
+from pipeline.errors import ConfigError, TrackingLost
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import (
     config_hash,
@@ -141,7 +141,7 @@ def run_stages(
     if "feature_extraction" in ctx.cfg.stages:
         try:  # before any stage trains: weights that cannot load are a config mistake (exit 2)
             backbone = pretrained()  # tagged on the parent run
-        except (ConfigError, TrackingUnreachable):
+        except (ConfigError, TrackingLost):
             raise
         except Exception as error:
             failures["feature_extraction"] = f"pretrained backbone: {type(error).__name__}: {error}"
@@ -158,7 +158,7 @@ def run_stages(
             try:  # the search is its own run, a sibling of the stages
                 extracted = done["feature_extraction"]
                 done["search"] = search_stage(ctx, extracted, tracker, config_hash)
-            except TrackingUnreachable:  # the other stages could not log either
+            except TrackingLost:  # the other stages could not log either
                 raise
             except Exception as error:
                 failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
@@ -169,7 +169,7 @@ def run_stages(
                 result = run_stage(stage, ctx, backbone, done)
                 log_stage(tracker, result)
                 rows.append(result)
-        except TrackingUnreachable:  # the other stages could not log either
+        except TrackingLost:  # the other stages could not log either
             raise
         except Exception as error:
             failures[stage] = f"{type(error).__name__}: {error}".splitlines()[0]

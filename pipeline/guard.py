@@ -17,7 +17,7 @@ from collections.abc import Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from pipeline.errors import ConfigError, TrackingUnreachable
+from pipeline.errors import ConfigError, TrackingLost
 from pipeline.sweep_stop import end_interrupted_job, job_slot
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def guarded(job: Callable[[], float]) -> float:
         if full_errors():
             raise
         return fail(str(error), EXIT_CONFIG)
-    except TrackingUnreachable as error:
+    except TrackingLost as error:
         if full_errors():
             raise
         return fail(str(error), EXIT_INTERRUPTED if error.interrupted else EXIT_ERROR)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pipeline.config import Config
-from pipeline.errors import TrackingUnreachable
+from pipeline.errors import TrackingLost
 
 # The reason of the interrupt received while a job runs (see `interrupts_unwind`), kept so that
 # one Python swallowed can be raised again.
@@ -110,7 +110,7 @@ def interrupts_unwind() -> Iterator[None]:
     previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_swallowed_interrupts
     try:
         yield
-    except TrackingUnreachable:
+    except TrackingLost:
         raise  # says whether it was interrupted
     except Exception as error:
         raise_if_interrupted(cause=error)  # the interrupt, come out as another error

@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from tests.conftest import run_cli
+from tests.conftest import run_cli, runs_by_stage
+from tests.test_faults import start_cli, wait_for_running_stage
 
 CREATE = (
     "import sys\n"
@@ -116,3 +117,27 @@ def test_a_store_on_a_full_disk_is_one_line_before_anything_runs(tmp_path, full_
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"no space left on device writing {db}" in errors[0]
     assert "Traceback" not in done.stderr and not db.exists()
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_run_stops_the_command_in_one_line_naming_the_store(
+    tmp_path, small_disk
+):
+    db = small_disk / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    process = start_cli(["debug=smoke", f"tracking.uri={uri}"], tmp_path)
+    wait_for_running_stage(uri, "scratch")
+    fill(small_disk)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr[-2000:]
+    assert stderr.splitlines() == [
+        f"error: no space left on device writing {db}: the command stopped; runs it could not "
+        "end stay RUNNING until the next command on that store ends them FAILED"
+    ]
+    (small_disk / "filler").unlink()  # space again: the next command ends the runs left open
+    done = run_cli(["debug=smoke", "stages=[scratch]", f"tracking.uri={uri}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = runs_by_stage(MlflowClient(uri))
+    first = min(runs["parent"], key=lambda run: run.info.start_time)
+    assert first.info.status == "FAILED"
+    assert not [r for rs in runs.values() for r in rs if r.info.status == "RUNNING"]

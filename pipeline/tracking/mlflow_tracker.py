@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.config import SearchConfig, TrackingConfig
-from pipeline.errors import SearchError, TrackingUnreachable
+from pipeline.errors import SearchError, StoreUnwritable, TrackingUnreachable
 from pipeline.search_records import SearchOutcome
 from pipeline.tracking.flat import flatten
 from pipeline.tracking.heartbeat import Heartbeat
@@ -33,7 +33,9 @@ from pipeline.tracking.store import (
     resolve_uri,
     server_down,
     shut_down_async_logging,
+    sqlite_path,
     stop_retrying,
+    storage_problem,
 )
 from pipeline.tracking.sweeps import SKIPPED_JOB
 from pipeline.tracking.weights import MlflowWeightsStore
@@ -57,7 +59,7 @@ class MlflowTracker:
         self.client: MlflowClient | None = None
         self.stack: list[str] = []  # open runs, innermost last
         self.ids: dict[str, str] = {}
-        self.unreachable = False  # the server stopped answering: no more requests to it
+        self.lost = False  # the store stopped taking writes: no more requests to it
 
     def __enter__(self) -> MlflowTracker:
         """Open (and if needed create) the store; end the runs of dead processes FAILED."""
@@ -108,26 +110,43 @@ class MlflowTracker:
         try:
             failed_write = end_run(self.writer, run_id, None)
         except Exception as ending:
-            self.raise_if_unreachable(ending)
+            self.raise_if_lost(ending)
             raise
         if failed_write is not None:
+            self.raise_if_lost(failed_write)
             raise failed_write
 
     def end_after(self, run_id: str, error: BaseException) -> None:
-        """End a run that `error` cut short; a server that stopped answering is the news then."""
-        if self.unreachable:
-            return  # the innermost run found it out and raised TrackingUnreachable already
+        """End a run that `error` cut short; a store that stopped taking writes is the news then."""
+        if self.lost:
+            return  # the innermost run found it out and raised TrackingLost already
         try:
             end_run(self.writer, run_id, error)
         except Exception as ending:
-            self.raise_if_unreachable(error)
+            self.raise_if_lost(error, ending)
             log.error("could not end run %s: %s", run_id, error_tag(ending))
+        else:
+            self.raise_if_lost(error)
 
-    def raise_if_unreachable(self, error: BaseException) -> None:
+    def raise_if_lost(self, *errors: BaseException) -> None:
+        """Stop the command when the store can no longer be written: a full disk or read-only
+        SQLite file (named), or a server that stopped answering. Other errors fail one run."""
+        for error in errors:
+            problem = storage_problem(error, sqlite_path(self.uri))
+            if problem is not None:
+                self.lost = True
+                raise StoreUnwritable(problem) from error
         if server_down(self.uri):
-            self.unreachable = True
+            self.lost = True
             stop_retrying()  # what is still queued is tried once, when the tracker closes
-            raise TrackingUnreachable(redact_text(self.uri), error) from error
+            raise TrackingUnreachable(redact_text(self.uri), errors[0]) from errors[0]
+
+    def new_run(self, name: str, tags: dict[str, str], parent_id: str | None) -> str:
+        try:
+            return create_run(self.client, self.experiment_id, name, tags, parent_id)
+        except Exception as error:
+            self.raise_if_lost(error)
+            raise
 
     @contextmanager
     def experiment_run(
@@ -136,20 +155,18 @@ class MlflowTracker:
         """The invocation's parent run, with a heartbeat while it is open (this process's runs
         on other hosts' orphan sweeps: heartbeat.py)."""
         safe = {key: str(value) for key, value in redact_tree(tags).items()}
-        run_id = create_run(self.client, self.experiment_id, name, safe, sweep_run_id)
+        run_id = self.new_run(name, safe, sweep_run_id)
         with self.open_run(run_id, "parent") as opened, Heartbeat(self.client, run_id):
             yield opened
 
     def stage_run(self, stage: str):
-        run_id = create_run(
-            self.client, self.experiment_id, stage, {"stage": stage}, self.current()
-        )
+        run_id = self.new_run(stage, {"stage": stage}, self.current())
         return self.open_run(run_id, stage)
 
     def search_run(self, config_hash: str, previous: RunRecord | None):
         if previous is None:
             tags = {"stage": "search", "config_hash": config_hash, "search_state": "running"}
-            run_id = create_run(self.client, self.experiment_id, "search", tags, self.current())
+            run_id = self.new_run("search", tags, self.current())
         else:
             run_id = previous.run_id
             from pipeline.tracking.trials import close_stale_trials, reopen  # Keras: see callbacks

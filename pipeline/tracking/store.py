@@ -138,14 +138,16 @@ def bounded_http(retries: int, timeout_s: int) -> Iterator[None]:
 
 
 ASYNC_QUEUE_LOGGER = "mlflow.utils.async_logging.async_logging_queue"
+STORE_ERROR_LOGGER = "mlflow.store.db.utils"  # logs each SQL error with its traceback
 
 
 @contextmanager
 def quiet_http_logs() -> Iterator[None]:
-    """urllib3's `Retrying` warnings and MLflow's queue's `Failed to log run data` errors kept out
-    of the terminal for the block: a failed write fails its run, and a server that stopped
-    answering ends the command with one line naming it."""
-    loggers = [logging.getLogger(n) for n in ("urllib3.connectionpool", ASYNC_QUEUE_LOGGER)]
+    """urllib3's `Retrying` warnings, MLflow's queue's `Failed to log run data` errors and its
+    SQL store's tracebacks kept out of the terminal for the block: a failed write fails its run,
+    and a store that stopped taking writes ends the command with one line naming it."""
+    names = ("urllib3.connectionpool", ASYNC_QUEUE_LOGGER, STORE_ERROR_LOGGER)
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -282,6 +284,8 @@ def storage_problem(error: BaseException, db: Path | None) -> str | None:
         text = str(seen).lower()
         for needles, message in STORAGE_ERRORS:
             if any(needle in text for needle in needles):
-                return message.format(db=db)
+                # an artifact (or any file) that could not be written names itself
+                written = getattr(seen, "filename", None) or db
+                return message.format(db=written)
         seen = seen.__cause__ or seen.__context__
     return None

@@ -160,10 +160,21 @@ def classifier(backbone: keras.Model, frozen_batchnorm: bool) -> keras.Model:
 
 
 def train(
-    model: keras.Model, data: dict, lr: float, epochs: int, patience: int, batch_size: int
+    model: keras.Model,
+    data: dict,
+    lr: float,
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    baseline: float | None = None,
 ) -> tuple[float, int]:
-    """Compile, fit with early stopping on val accuracy (best weights kept); best val, epochs."""
+    """Compile, fit with early stopping on val accuracy (best weights kept); best val, epochs.
+
+    `baseline`: the val accuracy of the weights training starts from; they are kept unless an
+    epoch beats it (the pipeline's train.fine_tune_must_improve)."""
     import keras
+
+    start_weights = model.get_weights()
 
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
@@ -171,7 +182,7 @@ def train(
         metrics=["accuracy"],
     )
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=patience, restore_best_weights=True
+        monitor="val_accuracy", patience=patience, restore_best_weights=True, baseline=baseline
     )
     history = model.fit(
         *data["train"],
@@ -182,7 +193,11 @@ def train(
         callbacks=[stop],
         verbose=2,
     )
-    return max(history.history["val_accuracy"]), len(history.epoch)
+    best_val = max(history.history["val_accuracy"])
+    if baseline is not None and best_val <= baseline:
+        model.set_weights(start_weights)
+        best_val = baseline
+    return best_val, len(history.epoch)
 
 
 def report(stage: str, start: float, best_val: float, epochs: int, test: float | None) -> None:
@@ -191,12 +206,15 @@ def report(stage: str, start: float, best_val: float, epochs: int, test: float |
     print(f"{stage:<20}{best_val:<14.4f}{test_text:<10}{epochs:<8}{seconds:.1f}", flush=True)
 
 
-def fit_stage(stage: str, model: keras.Model, data: dict) -> None:
-    """Train one target stage, evaluate it on the test split, print its row."""
+def fit_stage(stage: str, model: keras.Model, data: dict, baseline: float | None = None) -> float:
+    """Train one target stage, evaluate it on the test split, print its row; its best val."""
     start = time.perf_counter()
-    best_val, epochs = train(model, data, LR[stage], EPOCHS[stage], PATIENCE, TARGET["batch_size"])
+    best_val, epochs = train(
+        model, data, LR[stage], EPOCHS[stage], PATIENCE, TARGET["batch_size"], baseline
+    )
     _, test = model.evaluate(*data["test"], batch_size=EVAL_BATCH, verbose=0)
     report(stage, start, best_val, epochs, test)
+    return best_val
 
 
 def pretrained_backbone(cache: Path | None) -> keras.Model:
@@ -231,7 +249,7 @@ def plain_experiment(cache: Path | None) -> None:
     keras.utils.set_random_seed(SEED)
     backbone.trainable = False
     model = classifier(backbone, frozen_batchnorm=True)
-    fit_stage("feature_extraction", model, data)
+    extracted_val = fit_stage("feature_extraction", model, data)
 
     keras.utils.set_random_seed(SEED)
     backbone.trainable = True
@@ -240,7 +258,8 @@ def plain_experiment(cache: Path | None) -> None:
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    fit_stage("fine_tune", model, data)  # continues the feature-extraction model
+    # continues the feature-extraction model, whose weights stay unless an epoch beats them
+    fit_stage("fine_tune", model, data, baseline=extracted_val)
 
 
 # --- the bench -------------------------------------------------------------------------------

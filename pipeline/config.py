@@ -191,6 +191,8 @@ class TrainConfig:
     # model runs every step. Over cache_max_gb of activations, the stage runs the full model.
     cache_boundary: bool = True
     cache_max_gb: float = 2.0
+    # Fine-tuning keeps the feature-extraction weights unless an epoch beats them on `monitor`.
+    fine_tune_must_improve: bool = True
     fast_feature_extraction: bool | None = None  # the old name of cache_boundary (still read)
 
 

@@ -100,7 +100,8 @@ def log_stage(tracker: Tracker, result: StageResult) -> None:
             "best_val_accuracy": result.best_val_accuracy,
             "test_loss": result.test_loss,
             "test_accuracy": result.test_accuracy,
-            "best_epoch": result.fit.best_epoch + 1,  # counted from 1, like the terminal's
+            # counted from 1, like the terminal's; 0: fine-tuning kept the weights it started from
+            "best_epoch": result.fit.best_epoch + 1,
             "epochs_run": result.fit.epochs,
             "seconds": result.seconds,
         }

@@ -26,12 +26,21 @@ class FitResult:
     """What one `fit` produced, in plain Python values."""
 
     history: dict[str, list[float]]
-    best_epoch: int  # 0-based epoch whose weights were restored
+    best_epoch: int  # 0-based epoch whose weights were restored; -1: the weights it started from
     epochs: int  # epochs actually run
+    start: dict[str, float] | None = None  # validation metrics of the weights it started from
 
     @property
     def best_val_accuracy(self) -> float:
+        if self.best_epoch < 0:
+            return float(self.start["val_accuracy"])
         return float(self.history["val_accuracy"][self.best_epoch])
+
+    def best(self, name: str) -> float:
+        """`name` (a validation metric) at the restored weights."""
+        if self.best_epoch < 0:
+            return float(self.start[name])
+        return float(self.history[name][self.best_epoch])
 
 
 def build_head(feature_dim: int, num_classes: int, dropout: float) -> keras.Model:
@@ -110,6 +119,22 @@ def trainable_param_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
+class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
+    """Early stopping that counts the weights training starts from as a candidate, scored
+    `start_value` on the monitored metric: if no epoch beats it, they are restored (best_epoch
+    -1). Fine-tuning then never ends worse on validation than the model it continued."""
+
+    def __init__(self, start_value: float, **kwargs):
+        super().__init__(restore_best_weights=True, **kwargs)
+        self.start_value = start_value
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        self.best = self.start_value
+        self.best_weights = self.model.get_weights()
+        self.best_epoch = -1
+
+
 class EpochLine(keras.callbacks.Callback):
     """One log line an epoch: the progress display where output is not a terminal."""
 
@@ -148,14 +173,20 @@ def fit(
     callbacks: list[keras.callbacks.Callback],
     progress_bar: bool,
     label: str,
+    start: dict[str, float] | None = None,
 ) -> FitResult:
     """Fit with early stopping on the validation split; the best epoch's weights are restored.
 
-    Progress: Keras' bar on a terminal, else one log line an epoch.
+    `start`: the validation metrics of the weights the model starts from, which then stay unless
+    an epoch beats them on `monitor`. Progress: Keras' bar on a terminal, else one log line an
+    epoch.
     """
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=patience, restore_best_weights=True
-    )
+    if start is None:
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=patience, restore_best_weights=True
+        )
+    else:
+        stopper = EarlyStoppingFromStart(start[monitor], monitor=monitor, patience=patience)
     progress = [] if progress_bar else [EpochLine(label, epochs)]
     # A NaN/Inf loss must fail the stage, not end it quietly as if it had converged.
     nan_guard = keras.callbacks.TerminateOnNaN(raise_error=True)
@@ -167,4 +198,11 @@ def fit(
         verbose=1 if progress_bar else 0,
     )
     values = {name: [float(v) for v in series] for name, series in history.history.items()}
-    return FitResult(history=values, best_epoch=stopper.best_epoch, epochs=len(history.epoch))
+    if stopper.best_epoch < 0:
+        log.info(
+            "%s: no epoch beat the starting weights' %s %.4f; they are kept",
+            label,
+            monitor,
+            start[monitor],
+        )
+    return FitResult(values, stopper.best_epoch, len(history.epoch), start)

@@ -16,7 +16,8 @@ def learning_curve(history: dict[str, list[float]], title: str, best_epoch: int)
             values = history.get(f"{prefix}{metric}")
             if values:
                 axis.plot(range(1, len(values) + 1), values, marker=".", label=label)
-        axis.axvline(best_epoch + 1, color="grey", linestyle=":", label="restored epoch")
+        restored = "restored epoch" if best_epoch >= 0 else "kept its starting weights (0)"
+        axis.axvline(best_epoch + 1, color="grey", linestyle=":", label=restored)
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)
         axis.legend()

@@ -70,7 +70,7 @@ class StageContext:
         split = self.task.train if split is None else split
         return batches(split, self.cfg.dataset.batch_size, self.cfg.seed, augment)
 
-    def fit(self, model: keras.Model, stage: str, train, val) -> FitResult:
+    def fit(self, model: keras.Model, stage: str, train, val, start=None) -> FitResult:
         return fit(
             model,
             train,
@@ -81,6 +81,7 @@ class StageContext:
             callbacks=self.callbacks(stage),
             progress_bar=self.progress_bar,
             label=stage,
+            start=start,
         )
 
 
@@ -109,15 +110,18 @@ def scratch(ctx: StageContext) -> StageResult:
     return StageResult("scratch", model, result, test_loss, test_accuracy, seconds, params, head)
 
 
-def train_above_boundary(ctx: StageContext, model: keras.Model, stage: str, lr: float):
+def train_above_boundary(
+    ctx: StageContext, model: keras.Model, stage: str, lr: float, start: dict | None = None
+):
     """Fit and test a compiled-to-be classifier: on the boundary cache's activations when its
     frozen part allows (same numbers, far cheaper), else the whole model on the images.
+    `start`: the validation metrics of its current weights, kept unless an epoch beats them.
     Returns (fit result, test loss, test accuracy); `model` ends compiled at `lr`."""
     task = ctx.task
     part, (train, val, test) = ctx.frozen.above(model, (task.train, task.val, task.test))
     compile_classifier(part, lr)
     train_batches = ctx.train_batches() if part is model else ctx.train_batches(train)
-    result = ctx.fit(part, stage, train_batches, eval_batches(val))
+    result = ctx.fit(part, stage, train_batches, eval_batches(val), start)
     test_loss, test_accuracy = evaluate(part, eval_batches(test))
     if part is not model:
         compile_classifier(model, lr)
@@ -177,7 +181,12 @@ def fine_tune(
     unfrozen = unfreeze_top(backbone, blocks, freeze_cfg.unfreeze_layers)
     lr = ctx.cfg.lr.fine_tune if learning_rate is None else learning_rate
     # compiled after the change of `trainable`, which takes effect only then
-    result, test_loss, test_accuracy = train_above_boundary(ctx, model, "fine_tune", lr)
+    extracted_scores = None
+    if ctx.cfg.train.fine_tune_must_improve:  # feature extraction's weights, unless beaten
+        extracted_scores = {name: extracted.fit.best(name) for name in ("val_accuracy", "val_loss")}
+    result, test_loss, test_accuracy = train_above_boundary(
+        ctx, model, "fine_tune", lr, extracted_scores
+    )
     params = {
         "trainable_params": trainable_param_count(model),
         "learning_rate": lr,

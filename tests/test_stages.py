@@ -62,7 +62,11 @@ def test_cached_features_train_the_same_head_as_full_forward_passes(tmp_path):
 def fine_tuned(tmp_path, *overrides: str):
     """(fine-tune result, its context, every classifier weight after it)."""
     ctx, backbone = make_context(
-        tmp_path, "train.epochs.fine_tune=4", "lr.fine_tune=0.01", *overrides
+        tmp_path,
+        "train.epochs.fine_tune=4",
+        "lr.fine_tune=0.01",
+        "train.fine_tune_must_improve=false",  # every epoch's weights, whatever they score
+        *overrides,
     )
     result = fine_tune(ctx, feature_extraction(ctx, backbone))
     return result, ctx, snapshot(result.model.layers)
@@ -97,10 +101,25 @@ def test_activations_over_the_cache_limit_run_the_full_model_with_one_line(tmp_p
     assert result.fit.epochs == 4 and 0.0 <= result.test_accuracy <= 1.0
 
 
+def test_fine_tuning_that_never_beats_feature_extraction_keeps_its_weights(tmp_path):
+    # a rate so low that no epoch can change a validation prediction, so none beats the start
+    ctx, backbone = make_context(tmp_path, "train.epochs.fine_tune=3", "lr.fine_tune=1e-12")
+    extracted = feature_extraction(ctx, backbone)
+    before = snapshot(extracted.model.layers)
+    result = fine_tune(ctx, extracted)
+    assert result.fit.epochs >= 1 and result.fit.best_epoch == -1
+    assert moved(before, snapshot(result.model.layers)) == set(), "bit for bit the start"
+    assert result.best_val_accuracy == extracted.best_val_accuracy
+    assert result.test_accuracy == pytest.approx(extracted.test_accuracy, abs=1e-6)
+
+
 @pytest.mark.parametrize("unfreeze_blocks", [1, 2])
 def test_fine_tune_moves_only_the_unfrozen_blocks_and_the_head(tmp_path, unfreeze_blocks):
     ctx, backbone = make_context(
-        tmp_path, f"freeze.unfreeze_blocks={unfreeze_blocks}", "lr.fine_tune=0.01"
+        tmp_path,
+        f"freeze.unfreeze_blocks={unfreeze_blocks}",
+        "lr.fine_tune=0.01",
+        "train.fine_tune_must_improve=false",
     )
     extracted = feature_extraction(ctx, backbone)
     blocks = block_map(backbone)

@@ -100,7 +100,10 @@ def busy_workers(folder: Path) -> list[int]:
 
 
 def launcher_helper(process) -> bool:
-    """loky's resource tracker: ended first, before the workers whose ends it would report."""
+    """loky's resource tracker. It is paused (SIGSTOP) before the workers end and killed last:
+    killed first, a worker or loky's thread here relaunches it on their next message, and the
+    new tracker prints a KeyError traceback for a semaphore it never saw; left running, it
+    reports the workers' ends."""
     import psutil
 
     try:
@@ -130,9 +133,21 @@ def stop_sweep(signum: int, terminal_fd: int) -> None:
                 terminal_fd, f"error: jobs in {stuck} did not unwind in {UNWIND_S} s\n".encode()
             )
         shutil.rmtree(folder, ignore_errors=True)
-    for worker in sorted(workers, key=lambda process: not launcher_helper(process)):
-        with contextlib.suppress(psutil.Error):
-            worker.kill()
+    helpers = [process for process in workers if launcher_helper(process)]
+    workers = [process for process in workers if process not in helpers]
+    signal_each(helpers, "suspend")  # messages to it wait in its pipe, unread
+    signal_each(workers, "kill")
     psutil.wait_procs(workers, timeout=10)
     for finish in at_stop:
         finish()
+    signal_each(helpers, "kill")  # a paused process dies on SIGKILL, reading nothing more
+    psutil.wait_procs(helpers, timeout=10)
+
+
+def signal_each(processes: list, action: str) -> None:
+    """`action` (psutil's suspend or kill) on each process still there."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            getattr(process, action)()

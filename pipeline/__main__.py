@@ -26,13 +26,14 @@ def exit_at_once(signum, frame) -> None:
 def stop_sweep(signum, frame) -> None:
     """The sweep's process: stop its workers' jobs and the workers (sweep_stop.py), end the
     sweep's run, then exit."""
+    from pipeline.runtime import signal_reason
     from pipeline.sweep_stop import stop_sweep as stop_workers
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop at a time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stop_workers(signum, TERMINAL)
-    name = "Ctrl-C" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
-    line = f"error: interrupted ({name}); the sweep stopped: no new job, running jobs KILLED\n"
+    reason = signal_reason(signum)
+    line = f"error: interrupted ({reason}); the sweep stopped: no new job, running jobs KILLED\n"
     os.write(TERMINAL, line.encode())
     os._exit(EXIT_INTERRUPTED)
 

@@ -24,9 +24,14 @@ from pipeline.errors import TrackingLost
 received_interrupts: list[str] = []
 
 
+def signal_reason(signum: int) -> str:
+    """How the one-line errors name an interrupt: `Ctrl-C`, `signal SIGTERM`."""
+    return "Ctrl-C" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
+
+
 def raise_keyboard_interrupt(signum: int, frame) -> None:
     """Ctrl-C and SIGTERM (a scheduler's stop, `kill`) unwind: runs end KILLED, not RUNNING."""
-    reason = "Ctrl-C" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
+    reason = signal_reason(signum)
     received_interrupts.append(reason)
     raise KeyboardInterrupt(reason)
 

@@ -38,6 +38,7 @@ class Boundary:
     position: int  # index in the backbone's layers of the first layer above it (all frozen: count)
     tensor: object  # the backbone's symbolic tensor at the cut
     top: keras.Model | None  # activations -> class probabilities: what training moves
+    upper: keras.Model | None = None  # activations -> the backbone's output (None at its top)
 
     @property
     def bottom(self) -> keras.Model:
@@ -79,12 +80,12 @@ def boundary_at(backbone: keras.Model, position: int) -> Boundary | None:
     if isinstance(tensor, list | tuple):
         return None
     try:
-        keras.Model(tensor, backbone.output)
+        upper = keras.Model(tensor, backbone.output)
     except ValueError:
         name = backbone.layers[position].name
         log.info("%s: no single tensor below it, the full model runs", name)
         return None
-    return Boundary(backbone, position, tensor, None)
+    return Boundary(backbone, position, tensor, None, upper)
 
 
 def cut(model: keras.Model) -> Boundary | None:
@@ -94,11 +95,11 @@ def cut(model: keras.Model) -> Boundary | None:
     boundary = boundary_at(backbone, lowest_trainable(backbone))
     if boundary is None:
         return None
-    if boundary.position == len(backbone.layers):
+    if boundary.upper is None:
         return replace(boundary, top=head)
-    upper = keras.Model(boundary.tensor, backbone.output)
     inputs = keras.Input(shape=boundary.tensor.shape[1:], name="boundary_activations")
-    top = keras.Model(inputs, head(upper(inputs, training=False)), name="above_boundary")
+    features = boundary.upper(inputs, training=False)
+    top = keras.Model(inputs, head(features), name="above_boundary")
     return replace(boundary, top=top)
 
 

@@ -72,6 +72,7 @@ def fine_tuned(tmp_path, *overrides: str):
     return result, ctx, snapshot(result.model.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unfreeze_blocks", [1, 2])
 def test_fine_tuning_on_cached_boundary_activations_matches_the_full_model(
     tmp_path, unfreeze_blocks

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import SearchError, StoreUnwritable, TrackingUnreachable
+from pipeline.runtime import received_interrupts
 from pipeline.search_records import SearchOutcome
 from pipeline.tracking.flat import flatten
 from pipeline.tracking.heartbeat import Heartbeat
@@ -139,7 +140,11 @@ class MlflowTracker:
         if server_down(self.uri):
             self.lost = True
             stop_retrying()  # what is still queued is tried once, when the tracker closes
-            raise TrackingUnreachable(redact_text(self.uri), errors[0]) from errors[0]
+            cause = errors[0]
+            if received_interrupts and not isinstance(cause, KeyboardInterrupt):
+                # Ctrl-C/SIGTERM came first, raised inside C code as another error: exit 130
+                cause = KeyboardInterrupt(received_interrupts[-1])
+            raise TrackingUnreachable(redact_text(self.uri), cause) from errors[0]
 
     def new_run(self, name: str, tags: dict[str, str], parent_id: str | None) -> str:
         try:

@@ -71,19 +71,19 @@ def fit_timed(model, train, val, epochs: int) -> tuple[list[float], float]:
 def both_ways(model, lr: float, task, epochs: int) -> dict:
     """The model fitted on images, then (from the same weights) above its freeze boundary."""
     from pipeline.boundary import FrozenFeatures
-    from pipeline.data import batches
+    from pipeline.data import batches, eval_batches
     from pipeline.model import compile_classifier
 
     start_weights = model.get_weights()
     compile_classifier(model, lr)
-    full = fit_timed(model, batches(task.train, 32, 0), batches(task.val, 256), epochs)
+    full = fit_timed(model, batches(task.train, 32, 0), eval_batches(task.val), epochs)
     model.set_weights(start_weights)
     start = time.perf_counter()
     part, (train, val) = FrozenFeatures(True, 2.0).above(model, (task.train, task.val))
     one_off = time.perf_counter() - start
     assert part is not model, "nothing was cached"
     compile_classifier(part, lr)
-    cached = fit_timed(part, batches(train, 32, 0), batches(val, 256), epochs)
+    cached = fit_timed(part, batches(train, 32, 0), eval_batches(val), epochs)
     return {"full": full, "cached": cached, "one_off": one_off}
 
 

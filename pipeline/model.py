@@ -32,9 +32,7 @@ class FitResult:
 
     @property
     def best_val_accuracy(self) -> float:
-        if self.best_epoch < 0:
-            return float(self.start["val_accuracy"])
-        return float(self.history["val_accuracy"][self.best_epoch])
+        return self.best("val_accuracy")
 
     def best(self, name: str) -> float:
         """`name` (a validation metric) at the restored weights."""

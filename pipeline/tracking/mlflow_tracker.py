@@ -126,17 +126,13 @@ class MlflowTracker:
         except Exception as ending:
             self.raise_if_lost(error, ending)
             log.error("could not end run %s: %s", run_id, error_tag(ending))
-        else:
-            self.raise_if_lost(error)
+        else:  # the store took the run's end, so a server answers; a disk may be full all the same
+            self.raise_if_unwritable(error)
 
     def raise_if_lost(self, *errors: BaseException) -> None:
         """Stop the command when the store can no longer be written: a full disk or read-only
         SQLite file (named), or a server that stopped answering. Other errors fail one run."""
-        for error in errors:
-            problem = storage_problem(error, sqlite_path(self.uri))
-            if problem is not None:
-                self.lost = True
-                raise StoreUnwritable(problem) from error
+        self.raise_if_unwritable(*errors)
         if server_down(self.uri):
             self.lost = True
             stop_retrying()  # what is still queued is tried once, when the tracker closes
@@ -145,6 +141,13 @@ class MlflowTracker:
                 # Ctrl-C/SIGTERM came first, raised inside C code as another error: exit 130
                 cause = KeyboardInterrupt(received_interrupts[-1])
             raise TrackingUnreachable(redact_text(self.uri), cause) from errors[0]
+
+    def raise_if_unwritable(self, *errors: BaseException) -> None:
+        for error in errors:
+            problem = storage_problem(error, sqlite_path(self.uri))
+            if problem is not None:
+                self.lost = True
+                raise StoreUnwritable(problem) from error
 
     def new_run(self, name: str, tags: dict[str, str], parent_id: str | None) -> str:
         try:

@@ -26,9 +26,6 @@ from pipeline.tracking.writer import TAG_LIMIT, Writer
 
 log = logging.getLogger(__name__)
 
-# A process on another host that has not tagged a heartbeat (heartbeat.py) for this long is gone.
-ORPHAN_AFTER_S = 600.0
-
 
 def source_tags() -> dict[str, str]:
     """The tags MLflow's run-context providers would add. Resolving them costs ~0.1 s a run
@@ -127,9 +124,7 @@ def orphan_reason(run: RunRecord, silent: dict[tuple, int]) -> str:
     return f"orphaned: process {run.tags['pid']} on {run.tags['host']} silent since {since}"
 
 
-def mark_orphans(
-    client: MlflowClient, reader: StoreReader, orphan_after_s: float = ORPHAN_AFTER_S
-) -> list[str]:
+def mark_orphans(client: MlflowClient, reader: StoreReader, orphan_after_s: float) -> list[str]:
     """End FAILED the RUNNING runs whose process is dead: on this host, no such pid (kill -9,
     power loss); on another host, no heartbeat for `orphan_after_s` (a node or job killed)."""
     running = reader.running_runs()

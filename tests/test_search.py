@@ -295,7 +295,8 @@ def test_distributed_search_chief_and_two_workers_run_every_trial_once(tmp_path,
     assert parent.info.status == "FINISHED" and search_run.info.status == "FINISHED"
     trials = trials_of(runs)
     assert sorted(trials) == ["0", "1", "2", "3"]
-    assert all(len(group) == 1 and group[0].info.status == "FINISHED" for group in trials.values())
+    ended = {i: [(r.info.status, r.data.tags.get("error")) for r in g] for i, g in trials.items()}
+    assert all(group == [("FINISHED", None)] for group in ended.values()), (ended, outputs)
     assert {g[0].data.tags["tuner_id"] for g in trials.values()} <= {"tuner0", "tuner1"}
     assert search_run.data.metrics["trials_completed"] == 4.0
     best_id = search_run.data.tags["best_trial_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -217,3 +218,34 @@ def test_open_tracker_is_a_context_manager_that_opens_the_store(store_uri, clien
     (stage,) = runs_by_stage(client)["scratch"]
     assert stage.data.tags["mlflow.parentRunId"] == parent
     assert stage.data.metrics["test_accuracy"] == 0.5
+
+
+def test_a_fetched_artifact_appears_whole_to_a_process_reading_it(store_uri, tmp_path):
+    """Distributed workers share a search directory and fetch the chief's checkpoint into it
+    while another worker's trial loads it: a reader must never see a half-copied file."""
+    cfg = OmegaConf.to_object(compose_config([f"tracking.uri={store_uri}"])).tracking
+    payload = os.urandom(48 * 2**20)
+    logged = tmp_path / "logged" / "checkpoint.weights.h5"
+    logged.parent.mkdir()
+    logged.write_bytes(payload)
+    shared = tmp_path / "shared"
+    with open_tracker(cfg) as tracker, tracker.experiment_run("probe", {}) as run_id:
+        tracker.log_artifact(logged)
+        tracker.fetch_artifact(run_id, logged.name, shared)  # the first worker's copy
+        sizes, fetching = [], threading.Event()
+
+        def read_while_fetching() -> None:
+            while not fetching.is_set():
+                sizes.append(len((shared / logged.name).read_bytes()))
+
+        reader = threading.Thread(target=read_while_fetching)
+        reader.start()
+        try:
+            for _ in range(3):  # the other workers' copies
+                fetched = tracker.fetch_artifact(run_id, logged.name, shared)
+        finally:
+            fetching.set()
+            reader.join()
+    assert fetched == shared / logged.name and fetched.read_bytes() == payload
+    assert sizes and set(sizes) == {len(payload)}
+    assert [p.name for p in shared.iterdir()] == [logged.name], "no staging folder left behind"

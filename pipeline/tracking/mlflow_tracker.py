@@ -9,6 +9,8 @@ MLflow's active-run stack, the tracker keeps its own stack of open runs.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -252,8 +254,14 @@ class MlflowTracker:
         return found
 
     def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
+        """Downloaded beside `destination`, then renamed into it: distributed workers sharing a
+        search directory fetch the same file, and one must never read another's half copy."""
         destination.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+        with tempfile.TemporaryDirectory(prefix=".fetching-", dir=destination) as staging:
+            fetched = Path(self.client.download_artifacts(run_id, path, staging))
+            target = destination / fetched.relative_to(staging)
+            os.replace(fetched, target)
+        return target
 
     # sweeps
     def finished_experiment_run(self, config_hash: str) -> ExperimentRun | None:

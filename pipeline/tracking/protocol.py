@@ -85,7 +85,8 @@ class Tracker(Protocol):
         """A distributed worker's search run: the chief's, waited for up to `wait_s`."""
 
     def fetch_artifact(self, run_id: str, path: str, destination: Path) -> Path:
-        """Download one artifact of a run into `destination`; its local path."""
+        """Download one artifact file of a run into `destination`, whole or not at all (a
+        process reading that path never sees a partial file); its local path."""
 
     # sweeps
     def finished_experiment_run(self, config_hash: str) -> ExperimentRun | None:

@@ -63,8 +63,7 @@ def pretrained(cfg, task):
 
     store = LocalWeightsStore(Path(cfg.tracking.untracked_cache))
     backbone = pretrained_backbone(cfg.backbone, task.input_shape, store, False).model
-    path, _ = store.find(recipe_of(cfg.backbone, task.input_shape)["hash"])
-    return backbone, path
+    return backbone, store.path(recipe_of(cfg.backbone, task.input_shape)["hash"])
 
 
 def pipeline_way(cfg, task, backbone, observer=None) -> float:

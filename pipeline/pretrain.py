@@ -41,8 +41,9 @@ class PretrainedBackbone:
 class WeightsStore(Protocol):
     """Where pretrained backbone weights are found again by recipe hash."""
 
-    def find(self, recipe_hash: str) -> tuple[Path, str] | None:
-        """The local weights file and its reference, or None when never pretrained."""
+    def load(self, recipe_hash: str, model: keras.Model) -> str | None:
+        """Load the weights this recipe pretrained into `model`; their reference (a run id or a
+        path), or None when it never ran. Nothing fetched for it outlives the call."""
 
     def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
         """Keep the weights; return their reference (a run id or a path)."""
@@ -54,13 +55,19 @@ class LocalWeightsStore:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def find(self, recipe_hash: str) -> tuple[Path, str] | None:
-        path = self.folder / f"{recipe_hash}.weights.h5"
-        return (path, str(path)) if path.exists() else None
+    def path(self, recipe_hash: str) -> Path:
+        return self.folder / f"{recipe_hash}.weights.h5"
+
+    def load(self, recipe_hash: str, model: keras.Model) -> str | None:
+        path = self.path(recipe_hash)
+        if not path.exists():
+            return None
+        model.load_weights(path)
+        return str(path)
 
     def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"{recipe['hash']}.weights.h5"
+        target = self.path(recipe["hash"])
         partial = target.with_suffix(".partial")
         partial.write_bytes(weights_file.read_bytes())
         os.replace(partial, target)  # atomic: an interrupted write never looks complete
@@ -108,10 +115,8 @@ def pretrained_backbone(
     """The backbone pretrained on its source task: reused from `store`, or trained and stored."""
     recipe = recipe_of(cfg, input_shape)
     backbone = build_backbone(cfg, input_shape)
-    found = store.find(recipe["hash"])
-    if found is not None:
-        path, reference = found
-        backbone.load_weights(path)
+    reference = store.load(recipe["hash"], backbone)
+    if reference is not None:
         log.info("reusing pretrained %s (recipe %s) from %s", cfg.name, recipe["hash"], reference)
         return PretrainedBackbone(backbone, recipe["hash"], reference, reused=True)
     trained, metrics = pretrain(cfg, input_shape, progress_bar)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,9 @@ def test_artifacts_live_beside_the_store(shared):
 
 
 @pytest.mark.slow
-def test_pretrained_backbone_is_a_run_reused_and_cited_by_later_runs(finished, smoke, client):
+def test_pretrained_backbone_is_a_run_reused_and_cited_by_later_runs(
+    finished, smoke, client, tmp_path, monkeypatch
+):
     backbones = client.get_experiment_by_name("transfer-lab-backbones").experiment_id
     (pretrain,) = client.search_runs([backbones])
     assert pretrain.data.tags["stage"] == "pretrain"
@@ -100,8 +103,12 @@ def test_pretrained_backbone_is_a_run_reused_and_cited_by_later_runs(finished, s
     assert first.data.tags["backbone_run_id"] == pretrain.info.run_id
     assert first.data.tags["backbone_reused"] == "false"
 
+    scratch_space = tmp_path / "tmp"
+    scratch_space.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_space))
     run_experiment(compose_config([*smoke, "seed=0"]))
     assert len(client.search_runs([backbones])) == 1, "the same recipe must not pretrain twice"
+    assert list(scratch_space.iterdir()) == [], "the fetched weights are not left behind"
     parents = runs_by_stage(client)["parent"]
     second = next(r for r in parents if r.info.run_id != first.info.run_id)
     assert second.data.tags["backbone_run_id"] == pretrain.info.run_id

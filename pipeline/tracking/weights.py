@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow.tracking import MlflowClient
 
@@ -12,6 +13,9 @@ from pipeline.tracking.flat import flatten
 from pipeline.tracking.query import StoreReader
 from pipeline.tracking.runs import create_run, end_run
 from pipeline.tracking.writer import Writer
+
+if TYPE_CHECKING:
+    import keras
 
 
 class MlflowWeightsStore:
@@ -22,13 +26,15 @@ class MlflowWeightsStore:
         self.experiment_id = experiment_id
         self.reader = StoreReader(client, [experiment_id])
 
-    def find(self, recipe_hash: str) -> tuple[Path, str] | None:
+    def load(self, recipe_hash: str, model: keras.Model) -> str | None:
         run = self.reader.finished_pretraining(recipe_hash)
         if run is None:
             return None
-        folder = tempfile.mkdtemp(prefix="transfer-lab-backbone-")
-        local = self.client.download_artifacts(run.run_id, BACKBONE_WEIGHTS_FILE, folder)
-        return Path(local), run.run_id
+        with tempfile.TemporaryDirectory(prefix="transfer-lab-backbone-") as folder:
+            model.load_weights(
+                self.client.download_artifacts(run.run_id, BACKBONE_WEIGHTS_FILE, folder)
+            )
+        return run.run_id
 
     def save(self, recipe: dict, weights_file: Path, metrics: dict[str, float]) -> str:
         backbone = recipe["backbone"]

@@ -18,12 +18,15 @@ class TrackingLost(RuntimeError):
 
 class StoreUnwritable(TrackingLost):
     """A SQLite store that could be written when the command started no longer can (the disk
-    filled up, the file or its file system turned read-only). `problem` names the cause and file."""
+    filled up, the file or its file system turned read-only). `problem` names the cause and file;
+    `interrupt` the Ctrl-C or signal that came first, if one did (exit 130, else 1)."""
 
-    def __init__(self, problem: str):
+    def __init__(self, problem: str, interrupt: str | None = None):
+        self.interrupted = interrupt is not None
+        what = f"interrupted ({interrupt}) and " if self.interrupted else ""
         super().__init__(
-            f"{problem}: the command stopped; runs it could not end stay RUNNING until the next "
-            "command on that store ends them FAILED"
+            f"{what}{problem}: the command stopped; runs it could not end stay RUNNING until the "
+            "next command on that store ends them FAILED"
         )
 
 

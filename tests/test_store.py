@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -143,3 +144,21 @@ def test_a_disk_that_fills_mid_run_stops_the_command_in_one_line_naming_the_stor
     first = min(runs["parent"], key=lambda run: run.info.start_time)
     assert first.info.status == "FAILED"
     assert not [r for rs in runs.values() for r in rs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_command_whose_disk_just_filled_is_an_interrupt(tmp_path, small_disk):
+    db = small_disk / "mlflow.db"
+    process = start_cli(["debug=smoke", f"tracking.uri=sqlite:///{db}"], tmp_path)
+    wait_for_running_stage(f"sqlite:///{db}", "scratch")
+    process.send_signal(signal.SIGSTOP)  # the disk fills and Ctrl-C comes before it runs on
+    fill(small_disk)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.splitlines() == [
+        f"error: interrupted (Ctrl-C) and no space left on device writing {db}: the command "
+        "stopped; runs it could not end stay RUNNING until the next command on that store ends "
+        "them FAILED"
+    ]

@@ -149,7 +149,8 @@ class MlflowTracker:
             problem = storage_problem(error, sqlite_path(self.uri))
             if problem is not None:
                 self.lost = True
-                raise StoreUnwritable(problem) from error
+                interrupt = received_interrupts[-1] if received_interrupts else None
+                raise StoreUnwritable(problem, interrupt) from error
 
     def new_run(self, name: str, tags: dict[str, str], parent_id: str | None) -> str:
         try:

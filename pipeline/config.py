@@ -269,8 +269,14 @@ class TrackingConfig:
     http_timeout_s: int = 10
     untracked_cache: str | None = None  # tracking off: pretrained weights folder (None: mlruns/)
     # The orphan sweep ends a RUNNING run of a process on another host (a cluster job the scheduler
-    # killed) once that process's heartbeat, tagged every minute, is this old.
+    # killed) once that process's heartbeat, tagged every HEARTBEAT_S, is this old.
     orphan_after_s: float = 600.0
+
+
+HEARTBEAT_S = (
+    60.0  # a live process's heartbeat tag (tracking/heartbeat.py): one small write a minute
+)
+MIN_ORPHAN_AFTER_S = 3 * HEARTBEAT_S  # tracking.orphan_after_s: three missed heartbeats at least
 
 
 @dataclass

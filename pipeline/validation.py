@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline.catalog import APPLICATIONS, BACKBONES, block_count, min_image_size
-from pipeline.config import STAGES, Config, Sampling
+from pipeline.config import MIN_ORPHAN_AFTER_S, STAGES, Config, Sampling
 from pipeline.data.embedded import EMBEDDED_LOADERS
 from pipeline.errors import ConfigError
 
@@ -262,7 +262,6 @@ def check_search(cfg: Config) -> None:
 # Stores MLflow's client logs to; "" is a plain path (MLflow's file store).
 TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql")
 MAX_HTTP_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
-MIN_ORPHAN_AFTER_S = 180.0  # three missed heartbeats (pipeline/tracking/heartbeat.py)
 
 
 MIN_FREE_BYTES = 2**20  # a run's writes to a SQLite store take tens of KiB; creating it ~1 MiB

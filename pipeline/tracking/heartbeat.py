@@ -15,10 +15,11 @@ import time
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import HEARTBEAT_S
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_TAG = "heartbeat"
-HEARTBEAT_S = 60.0  # far below any sensible orphan_after_s, one small request a minute
 
 
 class Heartbeat:

@@ -105,17 +105,6 @@ def sweep_name(task: list[str]) -> str:
     return " ".join(["sweep", *swept])[:200]
 
 
-# The sweep runs' heartbeats (tracking/heartbeat.py), kept out of the callback: launchers pickle
-# it with their jobs (submitit, joblib, Ray), and a thread cannot be pickled.
-HEARTBEATS: dict[str, object] = {}
-
-
-def stop_heartbeat(run_id: str | None) -> None:
-    beating = HEARTBEATS.pop(run_id, None) if run_id else None
-    if beating is not None:
-        beating.__exit__(None, None, None)
-
-
 class SweepRun(Callback):
     """One `sweep` run in MLflow per multirun, made before its jobs; each job's experiment run
     nests under it (found through SWEEP_RUN_FILE); after the jobs it ends FINISHED with the count
@@ -126,6 +115,17 @@ class SweepRun(Callback):
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.tracking: TrackingConfig | None = None
+        self.heartbeat = None  # the sweep run's (tracking/heartbeat.py), while the jobs run
+
+    def __getstate__(self) -> dict:
+        """Launchers pickle the callbacks with their jobs (submitit, joblib, Ray): the heartbeat
+        is a thread of this process, and stays in it."""
+        return {**self.__dict__, "heartbeat": None}
+
+    def stop_heartbeat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -146,7 +146,7 @@ class SweepRun(Callback):
         }
         params = override_params([*task, *launch])
         self.run_id = start_sweep_run(self.tracking, sweep_name(task), tags, params)
-        HEARTBEATS[self.run_id] = sweep_heartbeat(self.tracking, self.run_id)
+        self.heartbeat = sweep_heartbeat(self.tracking, self.run_id)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"run_id": self.run_id, "store": store_label(self.tracking)}))
         atexit.register(self.end_early)
@@ -160,7 +160,7 @@ class SweepRun(Callback):
 
         atexit.unregister(self.end_early)
         sweep_stop.at_stop.remove(self.end_early)
-        stop_heartbeat(self.run_id)
+        self.stop_heartbeat()
         outcome = finish_sweep_run(self.tracking, self.run_id)
         best = ""
         if outcome.best is not None:
@@ -180,7 +180,7 @@ class SweepRun(Callback):
         """At exit, when the sweep stopped before on_multirun_end: its run never stays RUNNING."""
         from pipeline.tracking.sweeps import finish_sweep_run
 
-        stop_heartbeat(self.run_id)
+        self.stop_heartbeat()
         try:
             finish_sweep_run(self.tracking, self.run_id, early=True)
         except Exception as error:  # the process is ending: say so, do not raise

@@ -281,6 +281,7 @@ def test_a_sweep_run_again_runs_only_its_failed_and_killed_jobs(tmp_path, store_
     assert {r.data.tags["seed"] for r in again} == {"1", "3"}
     assert {r.data.tags["mlflow.parentRunId"] for r in again} == {new_sweep.info.run_id}
     tags, metrics = new_sweep.data.tags, new_sweep.data.metrics
+    assert int(tags["heartbeat"]) >= new_sweep.info.start_time // 1000, "the sweep run beats"
     assert {r.data.tags["sweep_id"] for r in again} == {tags["sweep_id"]}
     assert (Path(tags["sweep_dir"]) / "multirun.yaml").is_file()
     assert new_sweep.data.params["seed"] == "0,1,2,3"

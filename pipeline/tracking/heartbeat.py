@@ -34,13 +34,19 @@ class Heartbeat:
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.beat_until_stopped, daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def start(self) -> Heartbeat:
         self.beat()
         self.thread.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def stop(self) -> None:
         self.stopped.set()  # not joined: a beat stuck on a dead server must not hold the exit
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def beat(self) -> None:
         try:

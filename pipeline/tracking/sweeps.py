@@ -69,7 +69,7 @@ def start_sweep_run(
 def sweep_heartbeat(cfg: TrackingConfig, run_id: str) -> Heartbeat:
     """The sweep run's heartbeat, started: while the sweep's process waits for jobs on other
     hosts, their orphan sweeps must not take its run for a dead process's (heartbeat.py)."""
-    return Heartbeat(MlflowClient(resolve_uri(cfg.uri)), run_id).__enter__()
+    return Heartbeat(MlflowClient(resolve_uri(cfg.uri)), run_id).start()
 
 
 def outcome_of(reader: StoreReader, run_id: str) -> SweepOutcome:

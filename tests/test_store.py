@@ -162,3 +162,23 @@ def test_ctrl_c_on_a_command_whose_disk_just_filled_is_an_interrupt(tmp_path, sm
         "stopped; runs it could not end stay RUNNING until the next command on that store ends "
         "them FAILED"
     ]
+
+
+@pytest.mark.slow
+def test_a_full_disk_outside_the_store_fails_its_stage_not_the_command(
+    tmp_path, store_uri, client, full_disk
+):
+    """The search folder on a full disk: the search run ends FAILED naming the file system's
+    error, the command goes on and exits 1; the store still takes writes, so nothing stays
+    RUNNING and the one-line `the command stopped` of a lost store is not printed."""
+    args = ["debug=smoke", f"tracking.uri={store_uri}", "stages=[feature_extraction,fine_tune]"]
+    args += ["search=random", "search.max_trials=1", "search.epochs=1"]
+    done = run_cli([*args, f"search.directory={full_disk / 'search'}"], tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the command stopped" not in done.stderr
+    runs = runs_by_stage(client)
+    (search,) = runs["search"]
+    assert search.info.status == "FAILED"
+    assert search.data.tags["error"].startswith("OSError: [Errno 28]")  # ENOSPC
+    assert [r.info.status for r in runs["feature_extraction"]] == ["FINISHED"]
+    assert not [r for rs in runs.values() for r in rs if r.info.status == "RUNNING"]

@@ -43,6 +43,7 @@ from pipeline.tracking.store import (
 from pipeline.tracking.sweeps import SKIPPED_JOB
 from pipeline.tracking.weights import MlflowWeightsStore
 from pipeline.tracking.writer import Writer
+from pipeline.validation import writable_sqlite
 
 if TYPE_CHECKING:
     from pipeline.tracking.trials import TrialRuns
@@ -145,8 +146,13 @@ class MlflowTracker:
             raise TrackingUnreachable(redact_text(self.uri), cause) from errors[0]
 
     def raise_if_unwritable(self, *errors: BaseException) -> None:
+        """Stop the command when an error says space or write access ran out and the store's
+        own file system confirms it; a full disk elsewhere (a search folder) fails one run."""
+        db = sqlite_path(self.uri)
+        if db is None or writable_sqlite(db) is None:
+            return
         for error in errors:
-            problem = storage_problem(error, sqlite_path(self.uri))
+            problem = storage_problem(error, db)
             if problem is not None:
                 self.lost = True
                 interrupt = received_interrupts[-1] if received_interrupts else None

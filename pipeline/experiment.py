@@ -32,7 +32,7 @@ from pipeline.provenance import (
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
 from pipeline.sweep import sweep_run_id
-from pipeline.tracking import Tracker, open_tracker
+from pipeline.tracking import Tracker, check_server, open_tracker
 from pipeline.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -184,11 +184,13 @@ def run_experiment(cfg: DictConfig, extra_tags: dict[str, str] | None = None) ->
     """Validate, load, pretrain (or reuse), run the stages, print the summary.
 
     The tracker is opened (the store created) only once the config and the data are known to be
-    valid, and closed before this returns or raises.
+    valid, and closed before this returns or raises; a tracking server that does not answer is
+    found before the data loads.
     """
     config: Config = OmegaConf.to_object(cfg)
     check_config(config)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    check_server(config.tracking)
     task = load_task(config.dataset, config.seed)
     with open_tracker(config.tracking) as tracker:
         if distributed_worker():

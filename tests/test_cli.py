@@ -10,7 +10,9 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROJECT_ROOT, experiment
+from pipeline.errors import ConfigError
+from pipeline.experiment import run_experiment
 from tests.conftest import compose_config, run_cli, runs_by_stage
 
 
@@ -130,6 +132,14 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):
     done = run_cli(["debug=smoke", "tracking.uri=http://127.0.0.1:9"], tmp_path, timeout=60)
     assert done.returncode == 2
     assert "tracking.uri=http://127.0.0.1:9 is unreachable" in done.stderr
+
+
+def test_an_unreachable_server_is_found_before_the_data_loads(monkeypatch):
+    loaded = []
+    monkeypatch.setattr(experiment, "load_task", lambda *args: loaded.append(args))
+    with pytest.raises(ConfigError, match=r"tracking.uri=http://127.0.0.1:9 is unreachable"):
+        run_experiment(compose_config(["debug=smoke", "tracking.uri=http://127.0.0.1:9"]))
+    assert loaded == []
 
 
 @pytest.mark.slow

@@ -25,4 +25,13 @@ def open_tracker(cfg: TrackingConfig) -> Tracker:
     return MlflowTracker(cfg)
 
 
-__all__ = ["Tracker", "open_tracker"]
+def check_server(cfg: TrackingConfig) -> None:
+    """A tracking server that does not answer is one line now, before the data loads (a TFDS
+    download can take minutes); MLflow itself is not imported."""
+    if cfg.enabled:
+        from pipeline.tracking.store import check_server_answers, resolve_uri
+
+        check_server_answers(resolve_uri(cfg.uri))
+
+
+__all__ = ["Tracker", "check_server", "open_tracker"]

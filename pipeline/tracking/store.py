@@ -62,12 +62,15 @@ def server_down(uri: str) -> bool:
 
 
 def check_reachable(uri: str) -> None:
-    """Fail fast, in one line, when a tracking server does not answer (instead of long retries)."""
-    scheme = urlparse(uri).scheme
-    if scheme == "sqlite":
+    """A SQLite store's folder made; a tracking server that does not answer is one line."""
+    if urlparse(uri).scheme == "sqlite":
         sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
-        return
-    if scheme not in ("http", "https"):
+    check_server_answers(uri)
+
+
+def check_server_answers(uri: str) -> None:
+    """Fail fast, in one line, when a tracking server does not answer (instead of long retries)."""
+    if urlparse(uri).scheme not in ("http", "https"):
         return
     import requests
 

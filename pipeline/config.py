@@ -260,8 +260,8 @@ class TrackingConfig:
     backbone_experiment: str = "transfer-lab-backbones"  # pretrained in-house backbones, shared
     async_logging: bool = True  # MLflow's asynchronous batches; false: every write waits
     # Kept so that old command lines still compose: MLflow now always logs in the experiment's
-    # process, asynchronously (a second process saved nothing measurable). Ignored.
-    separate_process: bool = False
+    # process, asynchronously (a second process saved nothing measurable). Ignored, with a warning.
+    separate_process: bool | None = None
     metrics_flush_s: float = 5.0  # stage runs: per-epoch metrics queued in batches this far apart
     # A tracking server's requests: MLflow's retries (its default, 7 with doubling waits, froze a
     # job for minutes on a dead server) and each request's timeout. After Ctrl-C/SIGTERM: no retry.
@@ -320,6 +320,12 @@ def read_old_names(cfg: Config) -> None:
             "search.feature_cache_mb=%s is ignored: train.cache_max_gb=%g caps the boundary cache",
             cfg.search.feature_cache_mb,
             cfg.train.cache_max_gb,
+        )
+    if cfg.tracking.separate_process is not None:
+        log.warning(
+            "tracking.separate_process=%s is ignored: MLflow logs in the experiment's process, "
+            "asynchronously (tracking.async_logging)",
+            cfg.tracking.separate_process,
         )
 
 

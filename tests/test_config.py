@@ -146,3 +146,21 @@ def test_the_old_names_of_cache_boundary_still_turn_it_off_with_a_warning(old, c
         f"{old} is now train.cache_boundary: set to False"
     ]
     assert OmegaConf.to_object(compose_config([])).train.cache_boundary is True
+
+
+@pytest.mark.parametrize(
+    ("override", "warning"),
+    [
+        ("search.feature_cache_mb=64", "search.feature_cache_mb=64 is ignored: train.cache_max_gb"),
+        ("tracking.separate_process=true", "tracking.separate_process=True is ignored: MLflow"),
+    ],
+)
+def test_retired_keys_still_compose_with_one_warning_each(override, warning, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config"):
+        OmegaConf.to_object(compose_config([override]))
+    (record,) = caplog.records
+    assert record.getMessage().startswith(warning)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.config"):
+        OmegaConf.to_object(compose_config([]))
+    assert caplog.records == [], "the defaults warn about nothing"

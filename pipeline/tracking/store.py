@@ -254,8 +254,7 @@ def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
     check_reachable(uri)
     try:
         with creation_lock(uri):
-            client = MlflowClient(uri)
-            client._tracking_client.store  # noqa: B018 (creating the store creates its tables)
+            client = MlflowClient(uri)  # its first request creates the store's tables
             for name in experiment_names:
                 ensure_experiment(client, name, uri)
     except ConfigError:

@@ -273,9 +273,7 @@ class TrackingConfig:
     orphan_after_s: float = 600.0
 
 
-HEARTBEAT_S = (
-    60.0  # a live process's heartbeat tag (tracking/heartbeat.py): one small write a minute
-)
+HEARTBEAT_S = 60.0  # how often a live process tags its heartbeat (tracking/heartbeat.py)
 MIN_ORPHAN_AFTER_S = 3 * HEARTBEAT_S  # tracking.orphan_after_s: three missed heartbeats at least
 
 

@@ -48,17 +48,23 @@ def artifact_root_for(uri: str) -> str | None:
     return (db.resolve().parent / "artifacts").as_uri() if db is not None else None
 
 
-def server_down(uri: str) -> bool:
-    """Whether a tracking server (http/https) fails to answer its health check now."""
+def health_failure(uri: str, timeout_s: float) -> Exception | None:
+    """Why a tracking server (http/https) fails its health check now; None when it answers (or
+    the store is not a server)."""
     if urlparse(uri).scheme not in ("http", "https"):
-        return False
+        return None
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=2).raise_for_status()
-    except requests.RequestException:
-        return True
-    return False
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as error:
+        return error
+    return None
+
+
+def server_down(uri: str) -> bool:
+    """Whether a tracking server fails to answer its health check now (mid-run: a short wait)."""
+    return health_failure(uri, timeout_s=2) is not None
 
 
 def check_reachable(uri: str) -> None:
@@ -70,17 +76,12 @@ def check_reachable(uri: str) -> None:
 
 def check_server_answers(uri: str) -> None:
     """Fail fast, in one line, when a tracking server does not answer (instead of long retries)."""
-    if urlparse(uri).scheme not in ("http", "https"):
-        return
-    import requests
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
-    except requests.RequestException as error:
+    error = health_failure(uri, SERVER_TIMEOUT_S)
+    if error is not None:
         raise ConfigError(
             f"tracking.uri={redact_text(uri)} is unreachable ({type(error).__name__}); "
             "start the server (mlflow server --host 127.0.0.1 --port 5000) or use tracking=sqlite"
-        ) from None
+        )
 
 
 # MLflow 3's UI opens an experiment on what its kind says: runs for model development, traces

@@ -8,7 +8,10 @@ that names the key or option and what is allowed, before TensorFlow is imported.
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 from typing import get_type_hints
 
@@ -114,7 +117,8 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
         for candidate in candidates:
             try:
                 cfg = compose(config_name, overrides=candidate)
-                config = OmegaConf.to_object(cfg)
+                with retired_keys_unsaid():
+                    config = OmegaConf.to_object(cfg)
             except (ConfigCompositionException, OmegaConfBaseException) as error:
                 return one_line(error)
             for key in extra_keys(cfg, Config):
@@ -125,6 +129,18 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
             except ConfigError as error:
                 return str(error)
     return None
+
+
+@contextmanager
+def retired_keys_unsaid() -> Iterator[None]:
+    """The job warns about retired keys (config.read_old_names) in Hydra's log; this check, which
+    runs before it, does not say it first."""
+    logger = logging.getLogger("pipeline.config")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def hydra_overrides(args) -> list[str]:

@@ -163,4 +163,5 @@ def test_retired_keys_still_compose_with_one_warning_each(override, warning, cap
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pipeline.config"):
         OmegaConf.to_object(compose_config([]))
-    assert caplog.records == [], "the defaults warn about nothing"
+        assert check_composition([override]) is None
+    assert caplog.records == [], "the defaults warn about nothing, nor does the check before a job"

@@ -68,7 +68,8 @@ def pretrained(cfg, task):
 
 def pipeline_way(cfg, task, backbone, observer=None) -> float:
     """Feature extraction once, a checkpoint, then the pipeline's search; the best val accuracy."""
-    from pipeline.search import NullObserver, require_best, run_search
+    from pipeline.search import require_best, run_search
+    from pipeline.search_records import NullObserver
     from pipeline.search_stage import make_setup
     from pipeline.stages import StageContext, feature_extraction
 
@@ -85,7 +86,8 @@ def plain_hypermodel(cfg, task, weights: Path):
     import keras
     import keras_tuner
 
-    from pipeline.backbones import block_count, build_backbone
+    from pipeline.backbones import build_backbone
+    from pipeline.catalog import block_count
     from pipeline.data import batches
     from pipeline.model import build_head, compile_classifier, freeze, stack, unfreeze_top
 
@@ -155,16 +157,16 @@ def timed(label: str, work) -> tuple[float, float]:
 
 def speed(trials: int, epochs: int) -> None:
     from pipeline.data import load_task
-    from pipeline.experiment import configure_runtime
+    from pipeline.runtime import configured
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(trials, epochs, Path(tmp) / "pipeline")
-        configure_runtime(cfg)
-        task = load_task(cfg.dataset, cfg.seed)
-        backbone, weights = pretrained(cfg, task)
-        print(f"random search, {trials} trials of {epochs} epochs, seed {cfg.seed}, same space")
-        plain_s, plain_best = timed("plain", lambda: plain_way(cfg, task, weights, Path(tmp)))
-        ours_s, ours_best = timed("pipeline", lambda: pipeline_way(cfg, task, backbone))
+        with configured(cfg):
+            task = load_task(cfg.dataset, cfg.seed)
+            backbone, weights = pretrained(cfg, task)
+            print(f"random search, {trials} trials of {epochs} epochs, seed {cfg.seed}, same space")
+            plain_s, plain_best = timed("plain", lambda: plain_way(cfg, task, weights, Path(tmp)))
+            ours_s, ours_best = timed("pipeline", lambda: pipeline_way(cfg, task, backbone))
     ratio, gap = plain_s / ours_s, abs(plain_best - ours_best) * 100
     print(
         f"speed-up plain/pipeline: {ratio:.1f}x (goal >= {SPEED_GOAL:.0f}x: "
@@ -198,15 +200,15 @@ class RssAfterTrial:
 
 def memory(trials: int) -> None:
     from pipeline.data import load_task
-    from pipeline.experiment import configure_runtime
+    from pipeline.runtime import configured
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(trials, 2, Path(tmp) / "pipeline")
-        configure_runtime(cfg)
-        task = load_task(cfg.dataset, cfg.seed)
-        backbone, _ = pretrained(cfg, task)
-        observer = RssAfterTrial()
-        pipeline_way(cfg, task, backbone, observer)
+        with configured(cfg):
+            task = load_task(cfg.dataset, cfg.seed)
+            backbone, _ = pretrained(cfg, task)
+            observer = RssAfterTrial()
+            pipeline_way(cfg, task, backbone, observer)
     second, last = observer.rss[1], observer.rss[-1]
     growth = last / second - 1
     print(

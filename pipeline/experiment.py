@@ -29,6 +29,7 @@ from pipeline.provenance import (
     run_name,
     variant_hash,
 )
+from pipeline.runtime import raise_if_interrupted
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
 from pipeline.sweep import sweep_run_id
@@ -145,6 +146,7 @@ def run_stages(
         except (ConfigError, TrackingLost):
             raise
         except Exception as error:
+            raise_if_interrupted(cause=error)  # an interrupt come out as another error
             failures["feature_extraction"] = f"pretrained backbone: {type(error).__name__}: {error}"
             log.error("stage feature_extraction failed: %s", failures["feature_extraction"])
     for stage in ctx.cfg.stages:
@@ -162,6 +164,7 @@ def run_stages(
             except TrackingLost:  # the other stages could not log either
                 raise
             except Exception as error:
+                raise_if_interrupted(cause=error)
                 failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
                 failures[stage] = "not run: the search failed"
                 continue
@@ -173,6 +176,7 @@ def run_stages(
         except TrackingLost:  # the other stages could not log either
             raise
         except Exception as error:
+            raise_if_interrupted(cause=error)  # no later stage starts after Ctrl-C or SIGTERM
             failures[stage] = f"{type(error).__name__}: {error}".splitlines()[0]
             log.error("stage %s failed: %s", stage, failures[stage])
             continue

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import PROJECT_ROOT
-from tests.conftest import run_cli, runs_by_stage
+from pipeline import PROJECT_ROOT, experiment
+from pipeline.cli import configured_experiment
+from tests.conftest import compose_config, run_cli, runs_by_stage
 
 LONG_SCRATCH = ["train.epochs.scratch=100000", "train.patience=100000"]
 
@@ -58,6 +59,27 @@ def test_signal_mid_stage_ends_runs_killed_and_exits_promptly(tmp_path, store_ur
     runs = runs_by_stage(MlflowClient(store_uri))
     assert runs["parent"][0].info.status == "KILLED"
     assert runs["scratch"][0].info.status == "KILLED"
+    assert "feature_extraction" not in runs
+
+
+@pytest.mark.slow
+def test_an_interrupt_come_out_as_another_error_starts_no_later_stage(monkeypatch, store_uri):
+    """TensorFlow's C code can hand a KeyboardInterrupt back as another error; the stage's
+    failure must not pass for a stage's own failure, or the next stage would start."""
+
+    def scratch_interrupted_in_c_code(ctx):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("cancelled inside an op") from interrupt
+
+    monkeypatch.setattr(experiment, "scratch", scratch_interrupted_in_c_code)
+    cfg = compose_config(["debug=smoke", f"tracking.uri={store_uri}"])
+    with pytest.raises(KeyboardInterrupt, match="signal SIGTERM"):
+        configured_experiment(cfg)
+    runs = runs_by_stage(MlflowClient(store_uri))
+    assert runs["scratch"][0].info.status == "KILLED"
+    assert runs["parent"][0].info.status == "KILLED"
     assert "feature_extraction" not in runs
 
 

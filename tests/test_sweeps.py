@@ -80,12 +80,12 @@ def in_sweep_job(tmp_path):
 
 
 def test_a_sweep_job_skips_on_a_finished_run_of_its_config_and_returns_its_objective(
-    store_uri, in_sweep_job, capsys
+    fresh_store_uri, in_sweep_job, capsys
 ):
-    overrides = ["debug=smoke", f"tracking.uri={store_uri}"]
+    overrides = ["debug=smoke", f"tracking.uri={fresh_store_uri}"]
     job = compose_config(overrides)
     assert finished_objective(job) is None  # a single run always runs: the store is not read
-    assert not Path(store_uri.removeprefix("sqlite:///")).exists()
+    assert not Path(fresh_store_uri.removeprefix("sqlite:///")).exists()
     digest = config_hash(OmegaConf.to_container(job, resolve=True, enum_to_str=True))
     with open_tracker(OmegaConf.to_object(job).tracking) as tracker:
         with pytest.raises(RuntimeError), tracker.experiment_run("failed", {"config_hash": digest}):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,11 +18,17 @@ from pipeline.stages import StageContext, feature_extraction, fine_tune, scratch
 from tests.conftest import compose_config
 
 
-def make_context(tmp_path, *overrides: str) -> tuple[StageContext, keras.Model]:
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory) -> Path:
+    """Pretrained backbones, one a recipe, kept for the module: the first test pretrains."""
+    return tmp_path_factory.mktemp("backbones")
+
+
+def make_context(backbones: Path, *overrides: str) -> tuple[StageContext, keras.Model]:
     cfg = compose_config(["debug=smoke", "tracking=off", *overrides])
     config = OmegaConf.to_object(cfg)
     task = load_task(config.dataset, config.seed)
-    store = LocalWeightsStore(tmp_path / "backbones")
+    store = LocalWeightsStore(backbones)
     backbone = pretrained_backbone(config.backbone, task.input_shape, store, False)
     return StageContext(config, task), backbone.model
 
@@ -36,9 +43,9 @@ def moved(before: dict, after: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["cached-features", "full-forward"])
-def test_feature_extraction_leaves_every_backbone_weight_bit_identical(tmp_path, fast):
+def test_feature_extraction_leaves_every_backbone_weight_bit_identical(backbones, fast):
     ctx, backbone = make_context(
-        tmp_path, f"train.cache_boundary={fast}", "train.epochs.feature_extraction=3"
+        backbones, f"train.cache_boundary={fast}", "train.epochs.feature_extraction=3"
     )
     before = snapshot(backbone.layers)
     result = feature_extraction(ctx, backbone)
@@ -48,10 +55,10 @@ def test_feature_extraction_leaves_every_backbone_weight_bit_identical(tmp_path,
     assert 0.0 <= result.test_accuracy <= 1.0
 
 
-def test_cached_features_train_the_same_head_as_full_forward_passes(tmp_path):
+def test_cached_features_train_the_same_head_as_full_forward_passes(backbones):
     results = {}
     for fast in (True, False):
-        ctx, backbone = make_context(tmp_path, f"train.cache_boundary={fast}")
+        ctx, backbone = make_context(backbones, f"train.cache_boundary={fast}")
         results[fast] = feature_extraction(ctx, backbone)
     assert results[True].fit.epochs == results[False].fit.epochs
     np.testing.assert_allclose(
@@ -59,10 +66,10 @@ def test_cached_features_train_the_same_head_as_full_forward_passes(tmp_path):
     )
 
 
-def fine_tuned(tmp_path, *overrides: str):
+def fine_tuned(backbones, *overrides: str):
     """(fine-tune result, its context, every classifier weight after it)."""
     ctx, backbone = make_context(
-        tmp_path,
+        backbones,
         "train.epochs.fine_tune=4",
         "lr.fine_tune=0.01",
         "train.fine_tune_must_improve=false",  # every epoch's weights, whatever they score
@@ -75,11 +82,11 @@ def fine_tuned(tmp_path, *overrides: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("unfreeze_blocks", [1, 2])
 def test_fine_tuning_on_cached_boundary_activations_matches_the_full_model(
-    tmp_path, unfreeze_blocks
+    backbones, unfreeze_blocks
 ):
     depth = f"freeze.unfreeze_blocks={unfreeze_blocks}"
-    cached, ctx, cached_weights = fine_tuned(tmp_path, depth, "train.cache_boundary=true")
-    full, full_ctx, full_weights = fine_tuned(tmp_path, depth, "train.cache_boundary=false")
+    cached, ctx, cached_weights = fine_tuned(backbones, depth, "train.cache_boundary=true")
+    full, full_ctx, full_weights = fine_tuned(backbones, depth, "train.cache_boundary=false")
     boundaries = {position for position, _ in ctx.frozen.cache}
     assert len(boundaries) == 2, "the head's and the fine-tune's activations were cached"
     assert full_ctx.frozen.cache == {}
@@ -92,9 +99,9 @@ def test_fine_tuning_on_cached_boundary_activations_matches_the_full_model(
     assert cached.test_accuracy == pytest.approx(full.test_accuracy, abs=1e-6)
 
 
-def test_activations_over_the_cache_limit_run_the_full_model_with_one_line(tmp_path, caplog):
+def test_activations_over_the_cache_limit_run_the_full_model_with_one_line(backbones, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.boundary"):
-        result, ctx, _ = fine_tuned(tmp_path, "train.cache_max_gb=1e-6")
+        result, ctx, _ = fine_tuned(backbones, "train.cache_max_gb=1e-6")
     warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.boundary"]
     assert len(warnings) == 2  # feature extraction's and fine-tuning's activations
     assert "block3_conv" in warnings[-1] and "train.cache_max_gb=1e-06" in warnings[-1]
@@ -102,9 +109,9 @@ def test_activations_over_the_cache_limit_run_the_full_model_with_one_line(tmp_p
     assert result.fit.epochs == 4 and 0.0 <= result.test_accuracy <= 1.0
 
 
-def test_fine_tuning_that_never_beats_feature_extraction_keeps_its_weights(tmp_path):
+def test_fine_tuning_that_never_beats_feature_extraction_keeps_its_weights(backbones):
     # a rate so low that no epoch can change a validation prediction, so none beats the start
-    ctx, backbone = make_context(tmp_path, "train.epochs.fine_tune=3", "lr.fine_tune=1e-12")
+    ctx, backbone = make_context(backbones, "train.epochs.fine_tune=3", "lr.fine_tune=1e-12")
     extracted = feature_extraction(ctx, backbone)
     before = snapshot(extracted.model.layers)
     result = fine_tune(ctx, extracted)
@@ -115,9 +122,9 @@ def test_fine_tuning_that_never_beats_feature_extraction_keeps_its_weights(tmp_p
 
 
 @pytest.mark.parametrize("unfreeze_blocks", [1, 2])
-def test_fine_tune_moves_only_the_unfrozen_blocks_and_the_head(tmp_path, unfreeze_blocks):
+def test_fine_tune_moves_only_the_unfrozen_blocks_and_the_head(backbones, unfreeze_blocks):
     ctx, backbone = make_context(
-        tmp_path,
+        backbones,
         f"freeze.unfreeze_blocks={unfreeze_blocks}",
         "lr.fine_tune=0.01",
         "train.fine_tune_must_improve=false",
@@ -142,8 +149,8 @@ def test_fine_tune_moves_only_the_unfrozen_blocks_and_the_head(tmp_path, unfreez
     assert result.params["unfrozen"] == ",".join(f"block{i}" for i in range(4 - unfreeze_blocks, 4))
 
 
-def test_fine_tune_counts_trainable_parameters_of_the_open_blocks_only(tmp_path):
-    ctx, backbone = make_context(tmp_path)
+def test_fine_tune_counts_trainable_parameters_of_the_open_blocks_only(backbones):
+    ctx, backbone = make_context(backbones)
     extracted = feature_extraction(ctx, backbone)
     result = fine_tune(ctx, extracted)
     conv3 = backbone.get_layer("block3_conv").kernel
@@ -153,8 +160,8 @@ def test_fine_tune_counts_trainable_parameters_of_the_open_blocks_only(tmp_path)
     assert extracted.params["trainable_params"] == expected - int(np.prod(conv3.shape))
 
 
-def test_scratch_trains_every_weight_from_random_init(tmp_path):
-    ctx, pretrained = make_context(tmp_path)
+def test_scratch_trains_every_weight_from_random_init(backbones):
+    ctx, pretrained = make_context(backbones)
     result = scratch(ctx)
     backbone = backbone_of(result.model)
     assert backbone is not pretrained

@@ -313,8 +313,12 @@ def check_tracking(cfg: Config) -> None:
         "or a path)",
     )
     if scheme == "sqlite":
-        problem = writable_sqlite(Path(uri.removeprefix("sqlite:///")))
+        db = Path(uri.removeprefix("sqlite:///"))
+        problem = writable_sqlite(db)
         require(problem is None, f"tracking.uri: the SQLite store cannot be written: {problem}")
+        from pipeline.tracking.store import check_store_file  # imports no MLflow
+
+        check_store_file(db)
 
 
 # Launchers whose jobs may run on other hosts: they cannot share one SQLite file (README, "Scaling

@@ -66,6 +66,26 @@ def smoke(store_uri: str) -> list[str]:
     return ["debug=smoke", f"tracking.uri={store_uri}"]
 
 
+def run_cli_watching_imports(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m pipeline <args>` in a real process that then prints its exit code and whether
+    TensorFlow and Keras were imported (`2 False False`: refused before they loaded)."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['pipeline', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as done:\n"
+        "    print(done.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m pipeline <args>` in a real process, outputs under `cwd`."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}

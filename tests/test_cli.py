@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import PROJECT_ROOT, experiment
+from pipeline import experiment
 from pipeline.errors import ConfigError
 from pipeline.experiment import run_experiment
-from tests.conftest import compose_config, run_cli, runs_by_stage
+from tests.conftest import compose_config, run_cli, run_cli_watching_imports, runs_by_stage
 
 
 def numbers_of(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
@@ -112,17 +110,7 @@ def test_composition_mistakes_exit_2_in_one_line_before_anything_runs(tmp_path, 
     ],
 )
 def test_value_mistakes_exit_2_in_one_line_before_tensorflow_is_imported(args):
-    script = (
-        "import runpy, sys\n"
-        f"sys.argv = ['pipeline', *{args!r}]\n"
-        "try:\n"
-        "    runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n"
-        "except SystemExit as done:\n"
-        "    print(done.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli_watching_imports(args)
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines

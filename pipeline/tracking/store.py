@@ -229,6 +229,14 @@ def check_sqlite_file(db: Path) -> None:
         )
 
 
+def check_store_file(db: Path) -> None:
+    """Refuse an unusable store file before anything loads (validation.py). Under the creation
+    lock: another command's migration in progress is waited for, not taken for a half-done one."""
+    if db.is_file():
+        with creation_lock(f"sqlite:///{db}"):
+            pass  # the lock's holder checks the file
+
+
 @contextmanager
 def creation_lock(uri: str) -> Iterator[None]:
     """Held while a SQLite store is created or migrated: concurrent first runs (a parallel sweep,

@@ -71,3 +71,43 @@ def test_an_interrupt_stops_a_search_every_time_and_it_resumes(tmp_path, capfd):
         assert search_run.data.tags.get("resumes", "0") == str(attempt), where
         assert statuses["trial"] <= {"FINISHED", "KILLED"}, where  # or between two trials
         assert "fine_tune" not in statuses, where
+
+
+def interrupt_at(monkeypatch, name: str, when: str) -> None:
+    """Ctrl-C (a real SIGINT, handled by the job's handler) `when` ("before" or "after") the first
+    call of `pipeline.tracking.trials.<name>`: between the store and the observer's books."""
+    from pipeline.tracking import trials
+
+    original, calls = getattr(trials, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(name)
+        if when == "before" and len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        result = original(*args, **kwargs)
+        if when == "after" and len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(trials, name, interrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "when"),
+    [("create_run", "after"), ("end_run", "before")],
+    ids=["created-not-yet-kept", "taken-out-to-end"],
+)
+def test_an_interrupt_between_the_store_and_the_trials_books_leaves_no_trial_running(
+    tmp_path, monkeypatch, name, when
+):
+    store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [*SEARCH, "search.max_trials=3", "debug=smoke", f"tracking.uri={store_uri}"]
+    config = compose_config([*overrides, f"search.directory={tmp_path / 'search'}"])
+    interrupt_at(monkeypatch, name, when)
+    with pytest.raises(KeyboardInterrupt), interrupts_unwind():
+        run_experiment(config)
+    runs = runs_by_stage(MlflowClient(store_uri))
+    assert runs["trial"]
+    assert {run.info.status for run in runs["trial"]} == {"KILLED"}
+    assert runs["search"][0].info.status == "KILLED"

@@ -22,8 +22,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import SearchConfig
 from pipeline.search_records import HYPERPARAMETERS, SearchOutcome, TrialRecord
 from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
+from pipeline.tracking.owner import process_tags
 from pipeline.tracking.query import RunRecord, StoreReader
-from pipeline.tracking.runs import RunFailed, create_run, end_run, end_status
+from pipeline.tracking.runs import RunFailed, create_run, end_run, end_status, error_tag
 from pipeline.tracking.store import terminate_run
 from pipeline.tracking.writer import Writer
 
@@ -75,11 +76,29 @@ class TrialRuns:
         end_run(self.writer, run_id, error)
 
     def interrupted(self, error: BaseException) -> None:
-        """Close the runs of trials cut short: KILLED on Ctrl-C/SIGTERM, else FAILED."""
+        """Close the runs of trials cut short: KILLED on Ctrl-C/SIGTERM, else FAILED.
+
+        Also the ones the interrupt caught between the store and `open`: created, but not yet
+        kept there, or taken out of it to be ended and not ended yet. The store knows them as
+        this process's RUNNING trial runs (other workers' trials of a distributed search are
+        left alone)."""
         for run_id in self.open.values():
-            self.writer.tags(run_id, {"status": end_status(error)})
-            end_run(self.writer, run_id, error)
+            self.end_cut_short(run_id, error)
         self.open.clear()
+        reader = StoreReader(self.writer.client, [self.experiment_id])
+        try:
+            running = reader.children(self.search_run_id, status="RUNNING")
+        except Exception as failed:  # the store is failing: the command's own error says so
+            log.warning("trial runs left RUNNING were not looked for: %s", error_tag(failed))
+            return  # the next command on the store closes them (close_stale_trials)
+        mine = process_tags()
+        for run in running:
+            if all(run.tags.get(key) == value for key, value in mine.items()):
+                self.end_cut_short(run.run_id, error)
+
+    def end_cut_short(self, run_id: str, error: BaseException) -> None:
+        self.writer.tags(run_id, {"status": end_status(error)})
+        end_run(self.writer, run_id, error)
 
 
 class TrialFailed(RunFailed):

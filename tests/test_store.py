@@ -78,6 +78,25 @@ def test_a_store_file_that_is_not_usable_is_refused_in_one_line(tmp_path, spoil,
     assert db.read_bytes() == before, "the file is left as it was"
 
 
+def test_a_store_in_an_immutable_folder_is_one_line_before_tensorflow_loads(tmp_path):
+    """Root writes through permissions, not through `chattr +i`: SQLite's journal and the
+    creation lock cannot be created beside the store."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # a real store, then frozen
+    frozen = subprocess.run(["chattr", "+i", str(db.parent)], capture_output=True, text=True)
+    if frozen.returncode != 0:
+        pytest.skip(f"cannot make a folder immutable here: {frozen.stderr.strip()}")
+    try:
+        done = run_cli_watching_imports(["debug=smoke", f"tracking.uri=sqlite:///{db}"])
+    finally:
+        subprocess.run(["chattr", "-i", str(db.parent)], check=False)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: the MLflow store {db} cannot be written"), lines
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 3 MiB file system (tmpfs; needs mount rights), unmounted after the test."""

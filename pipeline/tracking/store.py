@@ -248,9 +248,19 @@ def creation_lock(uri: str) -> Iterator[None]:
         return
     from filelock import FileLock
 
-    with FileLock(f"{db}.lock", timeout=LOCK_TIMEOUT_S):
+    lock = FileLock(f"{db}.lock", timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except PermissionError as error:  # a read-only or immutable folder: SQLite cannot write there
+        raise ConfigError(
+            f"the MLflow store {db} cannot be written ({error.strerror} creating "
+            f"{lock.lock_file}); point tracking.uri at a writable one"
+        ) from None
+    try:
         check_sqlite_file(db)
         yield
+    finally:
+        lock.release()
 
 
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:

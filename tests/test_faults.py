@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT, experiment
 from pipeline.cli import configured_experiment
+from pipeline.tracking.store import creation_lock
 from tests.conftest import compose_config, run_cli, runs_by_stage
 
 LONG_SCRATCH = ["train.epochs.scratch=100000", "train.patience=100000"]
@@ -31,12 +32,17 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def wait_for_running_stage(store_uri: str, stage: str, timeout: float = 120) -> None:
-    """Block until the store shows `stage` RUNNING (the process is mid-training)."""
+    """Block until the store shows `stage` RUNNING (the process is mid-training).
+
+    Each look is taken under the store's creation lock, as a command would: an MLflow client
+    creates (migrates) a store that is not there yet, and the command must not find it half-done.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            runs = runs_by_stage(MlflowClient(store_uri)).get(stage, [])
-        except Exception:  # store not created yet
+            with creation_lock(store_uri):
+                runs = runs_by_stage(MlflowClient(store_uri)).get(stage, [])
+        except Exception:  # the experiment is not created yet
             runs = []
         if any(run.info.status == "RUNNING" for run in runs):
             time.sleep(1.0)  # a few epochs in

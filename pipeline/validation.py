@@ -14,6 +14,7 @@ from pipeline.catalog import APPLICATIONS, BACKBONES, block_count, min_image_siz
 from pipeline.config import MIN_ORPHAN_AFTER_S, STAGES, Config, Sampling
 from pipeline.data.embedded import EMBEDDED_LOADERS
 from pipeline.errors import ConfigError
+from pipeline.tracking.store import check_store_file, resolve_uri  # pure paths: no MLflow
 
 
 def require(condition: bool, message: str) -> None:
@@ -316,8 +317,6 @@ def check_tracking(cfg: Config) -> None:
         db = Path(uri.removeprefix("sqlite:///"))
         problem = writable_sqlite(db)
         require(problem is None, f"tracking.uri: the SQLite store cannot be written: {problem}")
-        from pipeline.tracking.store import check_store_file  # imports no MLflow
-
         check_store_file(db)
 
 
@@ -330,8 +329,6 @@ def check_launcher(launcher: str, cfg: Config) -> None:
     """A sweep whose jobs run on other hosts logs to a tracking server, not a SQLite file."""
     if launcher not in MULTI_HOST_LAUNCHERS or not cfg.tracking.enabled:
         return
-    from pipeline.tracking.store import resolve_uri  # pure paths: imports no MLflow
-
     uri = resolve_uri(cfg.tracking.uri)
     require(
         urlparse(uri).scheme != "sqlite",

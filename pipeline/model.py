@@ -160,6 +160,17 @@ class StopWhenInterrupted(keras.callbacks.Callback):
         raise_if_interrupted()
 
 
+def build_for_training(model: keras.Model, train) -> None:
+    """Create the optimizer's, the loss's and the metrics' variables before `fit` traces a step.
+
+    Without a distribution strategy Keras creates them inside the first trace of the train step,
+    and TensorFlow then traces it a second time to lift them out; under a strategy Keras builds
+    them first, as here (same variables, same values). The shapes come from the dataset's spec,
+    so no batch is drawn and no shuffle order moves.
+    """
+    model._symbolic_build(data_batch=train.element_spec)
+
+
 def fit(
     model: keras.Model,
     train,
@@ -188,6 +199,7 @@ def fit(
     progress = [] if progress_bar else [EpochLine(label, epochs)]
     # A NaN/Inf loss must fail the stage, not end it quietly as if it had converged.
     nan_guard = keras.callbacks.TerminateOnNaN(raise_error=True)
+    build_for_training(model, train)
     history = model.fit(
         train,
         validation_data=val,

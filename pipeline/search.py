@@ -35,6 +35,7 @@ from pipeline.errors import ConfigError, SearchError
 from pipeline.model import (
     StopWhenInterrupted,
     backbone_of,
+    build_for_training,
     compile_classifier,
     save_weights_atomically,
     unfreeze_top,
@@ -107,8 +108,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
         part, (train_part, val_part) = self.setup.frozen.above(model, (train, val))
         if part is not model:
             compile_classifier(part, hp.get("learning_rate"))
+        train_batches = batches(train_part, self.setup.batch_size, shuffle_seed=self.setup.seed)
+        build_for_training(part, train_batches)
         return part.fit(
-            batches(train_part, self.setup.batch_size, shuffle_seed=self.setup.seed),
+            train_batches,
             validation_data=eval_batches(val_part),
             epochs=epochs,
             initial_epoch=initial_epoch,

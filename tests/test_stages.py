@@ -170,6 +170,23 @@ def test_scratch_trains_every_weight_from_random_init(backbones):
     assert result.params["trainable_params"] > 0
 
 
+def test_fit_traces_its_train_step_once(backbones, monkeypatch):
+    """Keras creates the optimizer's and metrics' variables in the first trace unless they are
+    built first, and TensorFlow then traces the train step again: seconds at every stage."""
+    ctx, _ = make_context(backbones)
+    traces = []
+    original = keras.Model.train_step
+
+    def traced(model, data):
+        traces.append(model.name)
+        return original(model, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", traced)
+    result = scratch(ctx)
+    assert result.fit.epochs == 2
+    assert traces == [result.model.name]
+
+
 def test_weights_are_saved_under_a_temporary_name_then_renamed(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     target = tmp_path / "checkpoint.weights.h5"

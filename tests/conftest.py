@@ -40,12 +40,42 @@ def migrated_store(tmp_path_factory) -> Path:
     return db
 
 
+@pytest.fixture(scope="session")
+def smoke_backbone_store(tmp_path_factory, migrated_store: Path) -> Path:
+    """`migrated_store` with `debug=smoke`'s backbone pretrained in its `transfer-lab-backbones`
+    experiment (weights in this folder, only ever read), made once per test process: a test's
+    experiment then reuses it, as every run after a user's first does, instead of pretraining."""
+    from omegaconf import OmegaConf
+
+    from pipeline.data import load_task
+    from pipeline.pretrain import pretrained_backbone
+    from pipeline.runtime import import_tensorflow_quietly
+    from pipeline.tracking.store import prepare_store
+    from pipeline.tracking.weights import MlflowWeightsStore
+
+    import_tensorflow_quietly()
+    folder = tmp_path_factory.mktemp("smoke-backbone-store")
+    db = folder / "mlflow.db"
+    shutil.copyfile(migrated_store, db)
+    config = OmegaConf.to_object(compose_config(["debug=smoke", f"tracking.uri=sqlite:///{db}"]))
+    client = prepare_store(config.tracking.uri, [config.tracking.backbone_experiment])
+    backbones = client.get_experiment_by_name(config.tracking.backbone_experiment)
+    input_shape = load_task(config.dataset, config.seed).input_shape
+    store = MlflowWeightsStore(client, backbones.experiment_id)
+    assert not pretrained_backbone(config.backbone, input_shape, store, False).reused
+    return db
+
+
 @pytest.fixture
-def store_uri(tmp_path: Path, migrated_store: Path) -> str:
-    """A store of the test's own, created already (a copy of `migrated_store`), still empty."""
+def store_uri(request, tmp_path: Path, migrated_store: Path) -> str:
+    """A store of the test's own, created already, with no experiment run in it yet: a copy of
+    `smoke_backbone_store`, or of `migrated_store` (nothing pretrained either) for a test marked
+    `empty_store`."""
+    empty = request.node.get_closest_marker("empty_store") is not None
+    template = migrated_store if empty else request.getfixturevalue("smoke_backbone_store")
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir()
-    shutil.copyfile(migrated_store, db)
+    shutil.copyfile(template, db)
     return f"sqlite:///{db}"
 
 

@@ -25,6 +25,7 @@ def numbers_of(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.empty_store
 def test_same_command_twice_gives_identical_metrics(tmp_path, store_uri, client):
     """Determinism across processes; the second run reuses the pretrained backbone."""
     args = ["debug=smoke", f"tracking.uri={store_uri}", "seed=3", "train.epochs.scratch=4"]

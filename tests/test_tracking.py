@@ -92,6 +92,7 @@ def test_artifacts_live_beside_the_store(shared):
 
 
 @pytest.mark.slow
+@pytest.mark.empty_store
 def test_pretrained_backbone_is_a_run_reused_and_cited_by_later_runs(
     finished, smoke, client, tmp_path, monkeypatch
 ):

@@ -46,11 +46,10 @@ def signal_during_search(search_dir: Path, signum: int, delay_s: float) -> threa
 
 
 @pytest.mark.slow
-def test_an_interrupt_stops_a_search_every_time_and_it_resumes(tmp_path, capfd):
+def test_an_interrupt_stops_a_search_every_time_and_it_resumes(tmp_path, store_uri, capfd):
     """Ten tries at random points (seeded), each resuming the last: each stops the search, its
     runs end KILLED, none stays RUNNING, and the next command continues the same search run."""
     chance = random.Random(12)
-    store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     search_dir = tmp_path / "search"
     overrides = [*SEARCH, "debug=smoke", f"tracking.uri={store_uri}"]
     config = compose_config([*overrides, f"search.directory={search_dir}"])
@@ -99,9 +98,8 @@ def interrupt_at(monkeypatch, name: str, when: str) -> None:
     ids=["created-not-yet-kept", "taken-out-to-end"],
 )
 def test_an_interrupt_between_the_store_and_the_trials_books_leaves_no_trial_running(
-    tmp_path, monkeypatch, name, when
+    tmp_path, store_uri, monkeypatch, name, when
 ):
-    store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [*SEARCH, "search.max_trials=3", "debug=smoke", f"tracking.uri={store_uri}"]
     config = compose_config([*overrides, f"search.directory={tmp_path / 'search'}"])
     interrupt_at(monkeypatch, name, when)

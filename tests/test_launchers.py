@@ -89,9 +89,9 @@ def test_the_refusal_exits_2_in_one_line_before_any_job_starts(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, migrated_store):
     """One real `mlflow server` on a free 127.0.0.1 port for this module's sweeps."""
-    process, url = start_server(tmp_path_factory.mktemp("server"))
+    process, url = start_server(tmp_path_factory.mktemp("server"), migrated_store)
     yield url
     kill_server(process)
 

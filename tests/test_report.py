@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,12 @@ def smoke_run(uri: str, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> str:
+def study(tmp_path_factory, smoke_backbone_store) -> str:
     """A store holding three finished seeds of the smoke experiment and one FAILED invocation."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('study') / 'mlruns' / 'mlflow.db'}"
+    db = tmp_path_factory.mktemp("study") / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(smoke_backbone_store, db)
+    uri = f"sqlite:///{db}"
     for seed in SEEDS:
         smoke_run(uri, seed)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,8 +25,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` bound to 127.0.0.1 with a SQLite backend and proxied artifacts."""
+def start_server(tmp_path: Path, store: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` bound to 127.0.0.1 with proxied artifacts; its SQLite backend a copy of
+    `store` (a migrated one: a new store's migrations take seconds)."""
+    shutil.copyfile(store, tmp_path / "server.db")
     port = free_port()
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -50,8 +53,8 @@ def start_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture
-def server(tmp_path: Path):
-    process, url = start_server(tmp_path)
+def server(tmp_path: Path, migrated_store: Path):
+    process, url = start_server(tmp_path, migrated_store)
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -79,12 +82,13 @@ def start_pipeline(args: list[str], out: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigterm", "stage_ends"])
-def test_a_dead_server_stops_the_command_in_one_line_naming_it(tmp_path, how):
+def test_a_dead_server_stops_the_command_in_one_line_naming_it(tmp_path, migrated_store, how):
     """Killed mid-stage: training goes on; SIGTERM exits 130 within 10 s, or the stage ends and
     the command exits 1; either way one line names the server, never a traceback."""
-    process, url = start_server(tmp_path)
+    process, url = start_server(tmp_path, migrated_store)
     epochs = "100000" if how == "sigterm" else "40"
-    args = ["debug=smoke", f"tracking.uri={url}", f"train.epochs.scratch={epochs}"]
+    args = ["debug=smoke", f"tracking.uri={url}", "stages=[scratch]"]
+    args += [f"train.epochs.scratch={epochs}"]
     job = start_pipeline([*args, "train.patience=100000"], tmp_path / "out")
     try:
         deadline = time.monotonic() + 120

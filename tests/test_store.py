@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -143,11 +144,12 @@ def test_a_store_on_a_full_disk_is_one_line_before_anything_runs(tmp_path, full_
 
 @pytest.mark.slow
 def test_a_disk_that_fills_mid_run_stops_the_command_in_one_line_naming_the_store(
-    tmp_path, small_disk
+    tmp_path, small_disk, migrated_store
 ):
     db = small_disk / "mlflow.db"
+    shutil.copyfile(migrated_store, db)
     uri = f"sqlite:///{db}"
-    process = start_cli(["debug=smoke", f"tracking.uri={uri}"], tmp_path)
+    process = start_cli(["debug=smoke", "stages=[scratch]", f"tracking.uri={uri}"], tmp_path)
     wait_for_running_stage(uri, "scratch")
     fill(small_disk)
     _, stderr = process.communicate(timeout=120)
@@ -166,10 +168,14 @@ def test_a_disk_that_fills_mid_run_stops_the_command_in_one_line_naming_the_stor
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_command_whose_disk_just_filled_is_an_interrupt(tmp_path, small_disk):
+def test_ctrl_c_on_a_command_whose_disk_just_filled_is_an_interrupt(
+    tmp_path, small_disk, migrated_store
+):
     db = small_disk / "mlflow.db"
-    process = start_cli(["debug=smoke", f"tracking.uri=sqlite:///{db}"], tmp_path)
-    wait_for_running_stage(f"sqlite:///{db}", "scratch")
+    shutil.copyfile(migrated_store, db)
+    uri = f"sqlite:///{db}"
+    process = start_cli(["debug=smoke", "stages=[scratch]", f"tracking.uri={uri}"], tmp_path)
+    wait_for_running_stage(uri, "scratch")
     process.send_signal(signal.SIGSTOP)  # the disk fills and Ctrl-C comes before it runs on
     fill(small_disk)
     process.send_signal(signal.SIGINT)

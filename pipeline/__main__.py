@@ -60,5 +60,10 @@ if __name__ == "__main__":
     register_configs()  # the schema, for composing (and checking) the command line first
     exit_if_invalid(sys.argv[1:])  # a config mistake is one line, before anything starts
     from pipeline.cli import main
+    from pipeline.runtime import exit_promptly
 
-    main()
+    try:
+        main()
+    except SystemExit as done:  # Hydra's way to end, whatever the job did
+        exit_promptly(done.code)
+    exit_promptly(0)

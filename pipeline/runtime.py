@@ -7,14 +7,16 @@ caller that runs a command in-process (a notebook, a test) gets its process back
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from pipeline.config import Config
 from pipeline.errors import TrackingLost
@@ -167,3 +169,22 @@ def configured(cfg: Config) -> Iterator[None]:
             tf.get_logger().setLevel(level)
             if cfg.deterministic and not was_deterministic:
                 tf_config.disable_op_determinism()
+
+
+def exit_promptly(code: int | str | None) -> None:
+    """`sys.exit(code)`, without the interpreter's teardown once TensorFlow is loaded (over a
+    second of freeing its modules, for nothing): exit handlers run and output is flushed, then
+    the process ends. Without TensorFlow, or while a thread that is not a daemon still runs (at
+    an exit it is waited for), it is `sys.exit(code)` itself.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if "tensorflow" not in sys.modules or any(not thread.daemon for thread in others):
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):  # sys.exit("message")
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # what the interpreter runs at exit: logging's flush, MLflow's, ...
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # a closed pipe: nothing more can reach it
+            stream.flush()
+    os._exit(code or 0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import experiment
+from pipeline import PROJECT_ROOT, experiment
 from pipeline.errors import ConfigError
 from pipeline.experiment import run_experiment
 from tests.conftest import compose_config, run_cli, run_cli_watching_imports, runs_by_stage
@@ -166,3 +168,32 @@ def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, fresh_store
         assert command[:3] == ["python", "-m", "pipeline"]
         cfg = compose_config(command[3:])
         assert cfg.seed == int(run.data.tags["seed"]) and cfg.tracking.uri == fresh_store_uri
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time, types
+sys.modules["tensorflow"] = types.ModuleType("tensorflow")  # its teardown is what is skipped
+from pipeline.runtime import exit_promptly
+atexit.register(print, "exit handler ran")
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread ended"))).start()
+print("buffered output", end="")
+exit_promptly(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("thread", ["none", "thread"])
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_command_exits_promptly_with_its_code_handlers_run_and_output_flushed(thread, code):
+    """Past TensorFlow's teardown, not past what an exit must do: the handlers run, buffered
+    output is written, a running thread that is not a daemon is waited for."""
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, thread, str(code)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    lines = done.stdout.splitlines()
+    if thread == "thread":
+        assert lines == ["buffered outputthread ended", "exit handler ran"]
+    else:
+        assert lines == ["buffered outputexit handler ran"]

@@ -166,9 +166,12 @@ def build_for_training(model: keras.Model, train) -> None:
     Without a distribution strategy Keras creates them inside the first trace of the train step,
     and TensorFlow then traces it a second time to lift them out; under a strategy Keras builds
     them first, as here (same variables, same values). The shapes come from the dataset's spec,
-    so no batch is drawn and no shuffle order moves.
+    so no batch is drawn and no shuffle order moves. The method is Keras' own (`Trainer`); were a
+    Keras release to drop it, `fit` would build them itself, only slower.
     """
-    model._symbolic_build(data_batch=train.element_spec)
+    symbolic_build = getattr(model, "_symbolic_build", None)
+    if symbolic_build is not None:
+        symbolic_build(data_batch=train.element_spec)
 
 
 def fit(

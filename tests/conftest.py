@@ -40,6 +40,13 @@ def migrated_store(tmp_path_factory) -> Path:
     return db
 
 
+def copy_store(template: Path, db: Path) -> str:
+    """A new store at `db` that starts as a copy of the store file `template`; its URI."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture(scope="session")
 def smoke_backbone_store(tmp_path_factory, migrated_store: Path) -> Path:
     """`migrated_store` with `debug=smoke`'s backbone pretrained in its `transfer-lab-backbones`
@@ -54,10 +61,9 @@ def smoke_backbone_store(tmp_path_factory, migrated_store: Path) -> Path:
     from pipeline.tracking.weights import MlflowWeightsStore
 
     import_tensorflow_quietly()
-    folder = tmp_path_factory.mktemp("smoke-backbone-store")
-    db = folder / "mlflow.db"
-    shutil.copyfile(migrated_store, db)
-    config = OmegaConf.to_object(compose_config(["debug=smoke", f"tracking.uri=sqlite:///{db}"]))
+    db = tmp_path_factory.mktemp("smoke-backbone-store") / "mlflow.db"
+    uri = copy_store(migrated_store, db)
+    config = OmegaConf.to_object(compose_config(["debug=smoke", f"tracking.uri={uri}"]))
     client = prepare_store(config.tracking.uri, [config.tracking.backbone_experiment])
     backbones = client.get_experiment_by_name(config.tracking.backbone_experiment)
     input_shape = load_task(config.dataset, config.seed).input_shape
@@ -73,10 +79,7 @@ def store_uri(request, tmp_path: Path, migrated_store: Path) -> str:
     `empty_store`."""
     empty = request.node.get_closest_marker("empty_store") is not None
     template = migrated_store if empty else request.getfixturevalue("smoke_backbone_store")
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copyfile(template, db)
-    return f"sqlite:///{db}"
+    return copy_store(template, tmp_path / "mlruns" / "mlflow.db")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,13 @@ from mlflow.tracking import MlflowClient
 from pipeline import PROJECT_ROOT, experiment
 from pipeline.errors import ConfigError
 from pipeline.experiment import run_experiment
-from tests.conftest import compose_config, run_cli, run_cli_watching_imports, runs_by_stage
+from tests.conftest import (
+    compose_config,
+    copy_store,
+    run_cli,
+    run_cli_watching_imports,
+    runs_by_stage,
+)
 
 
 def numbers_of(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
@@ -32,10 +37,7 @@ def same_command_twice(tmp_path_factory, migrated_store) -> tuple[MlflowClient, 
     """`python -m pipeline debug=smoke` run twice into a new store (the first pretrains, the
     second reuses): its client, the two finished commands, the store's URI."""
     root = tmp_path_factory.mktemp("same-command-twice")
-    db = root / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copyfile(migrated_store, db)
-    store_uri = f"sqlite:///{db}"
+    store_uri = copy_store(migrated_store, root / "mlruns" / "mlflow.db")
     done = [run_cli(["debug=smoke", f"tracking.uri={store_uri}"], root / str(n)) for n in (0, 1)]
     return MlflowClient(store_uri), done, store_uri
 

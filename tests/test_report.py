@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from pipeline.report import __main__ as report_cli
 from pipeline.report.statistics import expected_max, holm, paired_gain, summarize
 from pipeline.reproduce import main as reproduce_main
 from pipeline.runtime import configured
-from tests.conftest import compose_config, headless
+from tests.conftest import compose_config, copy_store, headless
 
 SEEDS = (0, 1, 2)
 EXPERIMENT = "transfer-lab"
@@ -35,9 +34,7 @@ def smoke_run(uri: str, seed: int) -> None:
 def study(tmp_path_factory, smoke_backbone_store) -> str:
     """A store holding three finished seeds of the smoke experiment and one FAILED invocation."""
     db = tmp_path_factory.mktemp("study") / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copyfile(smoke_backbone_store, db)
-    uri = f"sqlite:///{db}"
+    uri = copy_store(smoke_backbone_store, db)
     for seed in SEEDS:
         smoke_run(uri, seed)
 

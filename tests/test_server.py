@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from tests.conftest import headless, run_cli, runs_by_stage
+from tests.conftest import copy_store, headless, run_cli, runs_by_stage
 
 
 def free_port() -> int:
@@ -28,7 +27,7 @@ def free_port() -> int:
 def start_server(tmp_path: Path, store: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` bound to 127.0.0.1 with proxied artifacts; its SQLite backend a copy of
     `store` (a migrated one: a new store's migrations take seconds)."""
-    shutil.copyfile(store, tmp_path / "server.db")
+    copy_store(store, tmp_path / "server.db")
     port = free_port()
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),

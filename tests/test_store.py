@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from tests.conftest import run_cli, run_cli_watching_imports, runs_by_stage
+from tests.conftest import copy_store, run_cli, run_cli_watching_imports, runs_by_stage
 from tests.test_faults import start_cli, wait_for_running_stage
 
 CREATE = (
@@ -147,8 +146,7 @@ def test_a_disk_that_fills_mid_run_stops_the_command_in_one_line_naming_the_stor
     tmp_path, small_disk, migrated_store
 ):
     db = small_disk / "mlflow.db"
-    shutil.copyfile(migrated_store, db)
-    uri = f"sqlite:///{db}"
+    uri = copy_store(migrated_store, db)
     process = start_cli(["debug=smoke", "stages=[scratch]", f"tracking.uri={uri}"], tmp_path)
     wait_for_running_stage(uri, "scratch")
     fill(small_disk)
@@ -172,8 +170,7 @@ def test_ctrl_c_on_a_command_whose_disk_just_filled_is_an_interrupt(
     tmp_path, small_disk, migrated_store
 ):
     db = small_disk / "mlflow.db"
-    shutil.copyfile(migrated_store, db)
-    uri = f"sqlite:///{db}"
+    uri = copy_store(migrated_store, db)
     process = start_cli(["debug=smoke", "stages=[scratch]", f"tracking.uri={uri}"], tmp_path)
     wait_for_running_stage(uri, "scratch")
     process.send_signal(signal.SIGSTOP)  # the disk fills and Ctrl-C comes before it runs on

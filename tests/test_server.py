@@ -88,6 +88,8 @@ def test_a_dead_server_stops_the_command_in_one_line_naming_it(tmp_path, migrate
     epochs = "100000" if how == "sigterm" else "40"
     args = ["debug=smoke", f"tracking.uri={url}", "stages=[scratch]"]
     args += [f"train.epochs.scratch={epochs}"]
+    if how == "sigterm":  # no metrics flush before the signal: a failed one may end it first
+        args += ["tracking.metrics_flush_s=3600"]
     job = start_pipeline([*args, "train.patience=100000"], tmp_path / "out")
     try:
         deadline = time.monotonic() + 120

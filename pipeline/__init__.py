@@ -1,5 +1,13 @@
 """Transfer Lab: scratch vs. feature extraction vs. fine-tuning, via Hydra, tracked in MLflow."""
 
+import sys
+
+if sys.argv[:1] == ["-m"]:  # `python -m ...` is locating its module (pipeline/startup.py)
+    from pipeline import startup
+
+    if startup.module_python_m_is_locating() == "pipeline":
+        startup.hold_ctrl_c()  # before any other import (pipeline/__main__.py says why)
+
 from pathlib import Path
 
 # The project root holds conf/ and mlruns/; the default MLflow store lives there whatever the cwd.

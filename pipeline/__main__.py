@@ -14,13 +14,7 @@ new job starts; the workers end; the command exits 130 with one line.
 import os
 import signal
 
-EXIT_INTERRUPTED = 130
-TERMINAL = os.dup(2)  # stderr as it was: TensorFlow's import captures fd 2 for a while
-
-
-def exit_at_once(signum, frame) -> None:
-    os.write(TERMINAL, b"error: interrupted outside a job; nothing was running\n")
-    os._exit(EXIT_INTERRUPTED)
+from pipeline.startup import EXIT_INTERRUPTED, TERMINAL, hold_ctrl_c
 
 
 def stop_sweep(signum, frame) -> None:
@@ -52,7 +46,7 @@ if __name__ == "__main__":
         signal.signal(signal.SIGINT, stop_sweep)
         signal.signal(signal.SIGTERM, stop_sweep)
     else:
-        signal.signal(signal.SIGINT, exit_at_once)
+        hold_ctrl_c()  # held already since the package's import; again for runpy.run_module
 
     from pipeline.config import register_configs
     from pipeline.preflight import exit_if_invalid

@@ -1,0 +1,36 @@
+"""Ctrl-C before a job starts: one line and exit 130 (the why is in __main__'s docstring).
+
+`python -m pipeline` imports this package before it runs `pipeline/__main__.py`; the package
+installs the handler at its first line, so the window where a KeyboardInterrupt could surface
+from an import is only the interpreter's own start-up.
+"""
+
+import os
+import signal
+import sys
+
+EXIT_INTERRUPTED = 130
+TERMINAL = os.dup(2)  # stderr as it was: TensorFlow's import captures fd 2 for a while
+
+
+def exit_at_once(signum, frame) -> None:
+    os.write(TERMINAL, b"error: interrupted outside a job; nothing was running\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def module_python_m_is_locating() -> str | None:
+    """The module named by `python -m NAME` while runpy locates it (it sets sys.argv[0] to "-m"
+    meanwhile, as Python's docs say), else None."""
+    if sys.argv[:1] != ["-m"]:
+        return None
+    options = sys.orig_argv[1:]
+    for index, option in enumerate(options):
+        if option == "-m":
+            return options[index + 1] if index + 1 < len(options) else None
+        if option.startswith("-m"):
+            return option[2:]
+    return None
+
+
+def hold_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, exit_at_once)

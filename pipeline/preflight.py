@@ -27,6 +27,7 @@ from pipeline import PROJECT_ROOT
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.guard import full_errors
+from pipeline.tracking.environment import check_mlflow_environment
 from pipeline.validation import check_config, check_launcher
 
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
@@ -126,6 +127,8 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
             try:
                 check_config(config)
                 check_launcher(launcher, config)
+                if config.tracking.enabled:
+                    check_mlflow_environment()
             except ConfigError as error:
                 return str(error)
     return None

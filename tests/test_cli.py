@@ -13,6 +13,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import PROJECT_ROOT, experiment
 from pipeline.errors import ConfigError
 from pipeline.experiment import run_experiment
+from pipeline.tracking.environment import check_mlflow_environment
+from pipeline.tracking.store import prepare_store
 from tests.conftest import (
     compose_config,
     copy_store,
@@ -130,6 +132,44 @@ def test_value_mistakes_exit_2_in_one_line_before_tensorflow_is_imported(args):
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1.5", "an integer"),
+        ("MLFLOW_ENABLE_ASYNC_LOGGING", "yes", "true, false, 1 or 0 (any case)"),
+    ],
+)
+@pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
+def test_an_mlflow_setting_mlflow_cannot_read_is_one_line_before_anything_runs(
+    tmp_path, monkeypatch, variable, value, allowed, sweep
+):
+    """MLflow reads MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS on its logging thread: a value it
+    cannot convert ends that thread, and the command then waited for its writes for ever."""
+    monkeypatch.setenv(variable, value)
+    db = tmp_path / "mlflow.db"
+    args = [*sweep, "debug=smoke", f"tracking.uri=sqlite:///{db}"]
+    done = run_cli([*args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    expected = f"error: {variable}={value!r} in the environment: MLflow needs {allowed} there"
+    assert done.stderr.splitlines() == [f"{expected}; set it so, or unset it"]
+    assert not db.exists() and not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_mlflow_settings_are_checked_where_the_store_opens_too(monkeypatch, store_uri):
+    """Library use (run_experiment, no command line) and HYDRA_FULL_ERROR=1 skip the command
+    line's check; opening the store, before any run is created, checks again."""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "abc")
+    with pytest.raises(ConfigError, match="MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS='abc'"):
+        prepare_store(store_uri, ["transfer-lab"])
+
+
+def test_mlflow_settings_mlflow_can_read_pass(monkeypatch):
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "TRUE")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    check_mlflow_environment()  # raises ConfigError for a value MLflow cannot read
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
+from pipeline.tracking.environment import check_mlflow_environment
 from pipeline.tracking.secrets import redact_text
 
 if TYPE_CHECKING:
@@ -270,6 +271,7 @@ def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:
     line naming the cause and the file, before anything trains."""
     from mlflow.tracking import MlflowClient
 
+    check_mlflow_environment()
     check_reachable(uri)
     try:
         with creation_lock(uri):

@@ -204,7 +204,9 @@ def test_the_html_renders_in_headless_chromium(study, tmp_path):
         (["experiment_name=no-such-experiment"], "no-such-experiment"),
         (["sweep_id=no-such-sweep"], "no-such-sweep"),
         (["tags.dataset=no-such-dataset"], "nothing to report"),
-        (["no_such_key=1"], "no_such_key"),
+        (["no_such_key=1"], "no_such_key is not a report key; allowed: experiment_name"),
+        (["log_to_mlflow=maybe"], "log_to_mlflow: Value 'maybe' is not a valid bool"),
+        (['tags.note=it\'s "so"'], 'tags.note=it\'s "so" holds both quote characters'),
     ],
 )
 def test_report_mistakes_exit_2_with_one_line_and_nothing_written(
@@ -218,6 +220,31 @@ def test_report_mistakes_exit_2_with_one_line_and_nothing_written(
     assert not (tmp_path / "report").exists()
     after = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
     assert after == before
+
+
+@pytest.mark.parametrize("value", ["it's", 'a "quoted" word'])
+def test_a_filter_value_with_a_quote_matches_the_runs_tagged_so(study, tmp_path, value):
+    """MLflow's filter syntax has no escape: a value is put in the other kind of quotes."""
+    client = MlflowClient(study)
+    parents, _ = samples(client)
+    tagged = next(run for run in parents if run.info.status == "FINISHED")
+    client.set_tag(tagged.info.run_id, "note", value)
+    try:
+        assert write(study, tmp_path / "report", f"tags.note={value}", "log_to_mlflow=false") == 0
+    finally:
+        client.delete_tag(tagged.info.run_id, "note")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    [variant] = report["variants"]
+    assert variant["seeds"] == [seed_of(tagged)]
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(study, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "report"
+    assert write(study, out, "log_to_mlflow=false") == 2
+    error = capsys.readouterr().err
+    assert error == f"error: out={out} cannot be written: Not a directory: {out}\n"
 
 
 def test_a_store_that_does_not_exist_is_refused_not_created(tmp_path, capsys):

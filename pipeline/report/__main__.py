@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
@@ -34,20 +34,40 @@ class ReportConfig:
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
 
 
+KEYS = "experiment_name, tracking_uri, sweep_id, tags.<name>, params.<key>, out, log_to_mlflow"
+
+
 def parse(argv: list[str]) -> ReportConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ReportConfig), OmegaConf.from_dotlist(argv))
+    except ConfigKeyError as error:
+        raise ConfigError(f"{error.full_key} is not a report key; allowed: {KEYS}") from None
     except OmegaConfBaseException as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
+        message = str(error).splitlines()[0]
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{key}: {message}" if key else message) from None
     return OmegaConf.to_object(merged)
+
+
+def quoted(key: str, value: str) -> str:
+    """`value` as a string of MLflow's filter syntax: in single quotes, or in double quotes when
+    it holds a single quote (the syntax has no escape for a quote inside its own quotes)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ConfigError(f"{key}={value} holds both quote characters: MLflow's filter cannot match it")
 
 
 def filter_string(cfg: ReportConfig) -> str:
     clauses = []
     if cfg.sweep_id is not None:
-        clauses.append(f"tags.sweep_id = '{cfg.sweep_id}'")
-    clauses += [f"tags.`{k}` = '{v}'" for k, v in sorted(cfg.tags.items())]
-    clauses += [f"params.`{k}` = '{v}'" for k, v in sorted(cfg.params.items())]
+        clauses.append(f"tags.sweep_id = {quoted('sweep_id', cfg.sweep_id)}")
+    for kind, values in (("tags", cfg.tags), ("params", cfg.params)):
+        for name, value in sorted(values.items()):
+            if "`" in name:
+                raise ConfigError(f"{kind}.{name}: a name with a backquote cannot be filtered on")
+            clauses.append(f"{kind}.`{name}` = {quoted(f'{kind}.{name}', value)}")
     return " and ".join(clauses)
 
 
@@ -79,7 +99,12 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
     folder = Path(cfg.out) if cfg.out else PROJECT_ROOT / "reports" / cfg.experiment_name
-    files = write_report(report, folder)
+    try:
+        files = write_report(report, folder)
+    except OSError as error:
+        where = f"out={cfg.out}" if cfg.out else str(folder)
+        problem = f"{error.strerror}: {error.filename}"
+        raise ConfigError(f"{where} cannot be written: {problem}") from None
     if cfg.log_to_mlflow:
         run_id = log_report_run(reader, files, {"report_filter": report["filter"]})
         print(f"logged as artifacts of run {run_id} (report/)")

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from pipeline.config import Config, register_configs
 from pipeline.errors import ConfigError
 from pipeline.guard import EXIT_CONFIG, EXIT_ERROR
+from pipeline.options import parse_options
 from pipeline.runtime import (
     configured,
     import_tensorflow_quietly,
@@ -130,19 +131,13 @@ def print_table(old_id: str, new_id: str, rows: list[list[str]]) -> None:
 
 
 def parse(argv: list[str]) -> tuple[str, ReproduceOptions]:
-    from omegaconf.errors import OmegaConfBaseException
-
     ids = [a for a in argv if "=" not in a]
     if len(ids) != 1:
         raise ConfigError(
             "usage: python -m pipeline.reproduce <run_id> [tolerance=0] [tracking_uri=]"
         )
-    try:
-        base = OmegaConf.structured(ReproduceOptions)
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist([a for a in argv if "=" in a]))
-    except OmegaConfBaseException as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
-    options = OmegaConf.to_object(merged)
+    dotlist = [a for a in argv if "=" in a]
+    options = parse_options(ReproduceOptions, dotlist, "pipeline.reproduce")
     if options.tolerance < 0:
         raise ConfigError(f"tolerance={options.tolerance} must be >= 0")
     return ids[0], options

@@ -204,7 +204,8 @@ def test_the_html_renders_in_headless_chromium(study, tmp_path):
         (["experiment_name=no-such-experiment"], "no-such-experiment"),
         (["sweep_id=no-such-sweep"], "no-such-sweep"),
         (["tags.dataset=no-such-dataset"], "nothing to report"),
-        (["no_such_key=1"], "no_such_key is not a report key; allowed: experiment_name"),
+        (["no_such_key=1"], "no_such_key is not a key of pipeline.report; allowed: experiment_"),
+        (["params.lr.fine_tune=0.5"], "nothing to report"),
         (["log_to_mlflow=maybe"], "log_to_mlflow: Value 'maybe' is not a valid bool"),
         (['tags.note=it\'s "so"'], 'tags.note=it\'s "so" holds both quote characters'),
     ],
@@ -220,6 +221,17 @@ def test_report_mistakes_exit_2_with_one_line_and_nothing_written(
     assert not (tmp_path / "report").exists()
     after = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
     assert after == before
+
+
+def test_the_readmes_filters_select_the_study_a_dotted_param_name_included(study, tmp_path):
+    """`params.lr.fine_tune=0.0001` names the param `lr.fine_tune`: it once became a nested
+    dict and MLflow refused the filter with a traceback."""
+    filters = ["tags.dataset=digits", "params.lr.fine_tune=0.0001", "log_to_mlflow=false"]
+    assert write(study, tmp_path / "report", *filters) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["filter"] == "tags.`dataset` = 'digits' and params.`lr.fine_tune` = '0.0001'"
+    [variant] = report["variants"]
+    assert variant["seeds"] == list(SEEDS)
 
 
 @pytest.mark.parametrize("value", ["it's", 'a "quoted" word'])
@@ -281,6 +293,20 @@ def test_reproduce_matches_then_catches_an_altered_metric(study, capsys):
 
     assert reproduce_main(["0123abcd", f"tracking_uri={study}"]) == 2
     assert "run_id='0123abcd'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("tolerence=0.1", "tolerence is not a key of pipeline.reproduce; allowed: tolerance, "),
+        ("tolerance=x", "tolerance: Value 'x' of type 'str' could not be converted to Float"),
+        ("tolerance=-1", "tolerance=-1.0 must be >= 0"),
+    ],
+)
+def test_reproduce_option_mistakes_are_one_line(study, capsys, option, message):
+    assert reproduce_main(["0123abcd", option, f"tracking_uri={study}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
 
 
 def test_the_report_lists_reproductions_apart_from_samples(study, tmp_path):

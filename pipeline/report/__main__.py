@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
 from pipeline.guard import EXIT_CONFIG
+from pipeline.options import parse_options
 
 
 @dataclass
@@ -34,19 +32,23 @@ class ReportConfig:
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
 
 
-KEYS = "experiment_name, tracking_uri, sweep_id, tags.<name>, params.<key>, out, log_to_mlflow"
-
-
 def parse(argv: list[str]) -> ReportConfig:
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ReportConfig), OmegaConf.from_dotlist(argv))
-    except ConfigKeyError as error:
-        raise ConfigError(f"{error.full_key} is not a report key; allowed: {KEYS}") from None
-    except OmegaConfBaseException as error:
-        message = str(error).splitlines()[0]
-        key = getattr(error, "full_key", None)
-        raise ConfigError(f"{key}: {message}" if key else message) from None
-    return OmegaConf.to_object(merged)
+    """The options; `tags.<name>=<value>` and `params.<key>=<value>` are taken as typed: a name
+    may hold dots (`params.lr.fine_tune`, `tags.mlflow.user`), a value stays the string MLflow
+    compares with."""
+    filters: dict[str, dict[str, str]] = {"tags": {}, "params": {}}
+    rest = []
+    for argument in argv:
+        key, equals, value = argument.partition("=")
+        kind, dot, name = key.partition(".")
+        if equals and dot and name and kind in filters:
+            filters[kind][name] = value
+        else:
+            rest.append(argument)
+    cfg = parse_options(ReportConfig, rest, "pipeline.report")
+    cfg.tags.update(filters["tags"])
+    cfg.params.update(filters["params"])
+    return cfg
 
 
 def quoted(key: str, value: str) -> str:

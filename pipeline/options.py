@@ -1,0 +1,35 @@
+"""`key=value` options of the helper commands (`pipeline.report`, `pipeline.reproduce`) read into
+a dataclass, a mistake being one line that names the key and what is allowed."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from pipeline.errors import ConfigError
+
+
+def allowed_keys(schema: type) -> str:
+    """The schema's keys; a dict field is written `name.<key>`."""
+    names = []
+    for field in fields(schema):
+        is_dict = "dict" in str(field.type).lower()
+        names.append(f"{field.name}.<name>" if is_dict else field.name)
+    return ", ".join(names)
+
+
+def parse_options(schema: type, dotlist: list[str], command: str):
+    """The options as a `schema` instance; ConfigError with one line on a mistake."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist))
+    except ConfigKeyError as error:
+        key = error.full_key or error.key
+        allowed = allowed_keys(schema)
+        raise ConfigError(f"{key} is not a key of {command}; allowed: {allowed}") from None
+    except OmegaConfBaseException as error:
+        message = str(error).splitlines()[0]
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{key}: {message}" if key else message) from None
+    return OmegaConf.to_object(merged)

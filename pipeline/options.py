@@ -22,6 +22,10 @@ def allowed_keys(schema: type) -> str:
 
 def parse_options(schema: type, dotlist: list[str], command: str):
     """The options as a `schema` instance; ConfigError with one line on a mistake."""
+    for argument in dotlist:
+        if "=" not in argument:
+            allowed = allowed_keys(schema)
+            raise ConfigError(f"{argument}: give options as key=value; allowed keys: {allowed}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist))
     except ConfigKeyError as error:

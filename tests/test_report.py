@@ -206,6 +206,7 @@ def test_the_html_renders_in_headless_chromium(study, tmp_path):
         (["tags.dataset=no-such-dataset"], "nothing to report"),
         (["no_such_key=1"], "no_such_key is not a key of pipeline.report; allowed: experiment_"),
         (["params.lr.fine_tune=0.5"], "nothing to report"),
+        (["sweep_id"], "sweep_id: give options as key=value; allowed keys: experiment_name"),
         (["log_to_mlflow=maybe"], "log_to_mlflow: Value 'maybe' is not a valid bool"),
         (['tags.note=it\'s "so"'], 'tags.note=it\'s "so" holds both quote characters'),
     ],

@@ -2,7 +2,7 @@
 
 `python -m pipeline` imports this package before it runs `pipeline/__main__.py`; the package
 installs the handler at its first line, so the window where a KeyboardInterrupt could surface
-from an import is only the interpreter's own start-up.
+as a traceback is only the interpreter's own start-up and runpy's search for the package.
 """
 
 import os

@@ -12,11 +12,8 @@ from pipeline.errors import ConfigError
 
 
 def allowed_keys(schema: type) -> str:
-    """The schema's keys; a dict field is written `name.<key>`."""
-    names = []
-    for field in fields(schema):
-        is_dict = "dict" in str(field.type).lower()
-        names.append(f"{field.name}.<name>" if is_dict else field.name)
+    """The schema's keys; a dict field is written `name.<name>`."""
+    names = [f.name + (".<name>" if f.default_factory is dict else "") for f in fields(schema)]
     return ", ".join(names)
 
 

@@ -115,6 +115,7 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
                 launcher = launcher_choice([*candidates[0], *hydra_overrides(args)], config_name)
             except ConfigError as error:
                 return str(error)
+        tracked = False
         for candidate in candidates:
             try:
                 cfg = compose(config_name, overrides=candidate)
@@ -127,10 +128,14 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
             try:
                 check_config(config)
                 check_launcher(launcher, config)
-                if config.tracking.enabled:
-                    check_mlflow_environment()
             except ConfigError as error:
                 return str(error)
+            tracked = tracked or config.tracking.enabled
+    try:
+        if tracked:  # once for the whole command: the environment is the same for every job
+            check_mlflow_environment()
+    except ConfigError as error:
+        return str(error)
     return None
 
 

@@ -149,12 +149,13 @@ def start_after_interpreter(args: list[str], cwd: Path) -> subprocess.Popen:
     that no code of ours can hold a signal, and on a loaded CI machine the interpreter's own
     start-up alone can take longer than 0.1 s."""
     ready, ready_w = os.pipe()
+    site, python_path = str(cwd / "site"), os.environ.get("PYTHONPATH")
     (cwd / "site").mkdir()
     (cwd / "site" / "sitecustomize.py").write_text(f"import os\nos.write({ready_w}, b'.')\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args, f"hydra.run.dir={cwd / 'out'}"],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(cwd / "site")},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [site, python_path]))},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

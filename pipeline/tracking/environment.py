@@ -20,8 +20,8 @@ def mlflow_variables() -> list:
     """The environment variables that MLflow declares (mlflow.environment_variables)."""
     import mlflow.environment_variables as declared
 
-    found = [value for value in vars(declared).values() if hasattr(value, "get_raw")]
-    return [variable for variable in found if hasattr(variable, "name")]
+    values = vars(declared).values()  # the variables, and the classes that define them
+    return [value for value in values if hasattr(value, "get_raw") and not isinstance(value, type)]
 
 
 def allowed(variable) -> str:

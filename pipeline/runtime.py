@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from pipeline.config import Config
@@ -56,11 +56,20 @@ def interrupt_received() -> bool:
     return bool(received_interrupts)
 
 
-def quiet_swallowed_interrupts(unraisable) -> None:
-    """`sys.unraisablehook` for a job: a swallowed interrupt is raised again, not printed."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and received_interrupts:
-        return
-    sys.__unraisablehook__(unraisable)
+def quiet_after_interrupt(hook: Callable[..., None]) -> Callable[..., None]:
+    """`hook` (`sys.unraisablehook` or `sys.excepthook`) for a job: once Ctrl-C or SIGTERM came,
+    an error that C code prints instead of raising (`PyErr_WriteUnraisable` calls the first hook,
+    `PyErr_Print` the second) is the interrupt's echo and is not printed: a KeyboardInterrupt lost
+    in a weak-reference callback, or the SystemError that an import cut short inside TensorFlow's
+    C++ becomes (seen in CI: `<built-in function __import__> returned a result with an exception
+    set`). The interrupt is raised again and the command ends in one line. Before one, errors
+    print as usual."""
+
+    def quiet(*report) -> None:
+        if not received_interrupts:
+            hook(*report)
+
+    return quiet
 
 
 def quiet_tensorflow_startup() -> None:
@@ -114,7 +123,9 @@ def interrupts_unwind() -> Iterator[None]:
     received_interrupts.clear()
     previous_term = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     previous_int = signal.signal(signal.SIGINT, raise_keyboard_interrupt)
-    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_swallowed_interrupts
+    previous_unraisablehook, previous_excepthook = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = quiet_after_interrupt(previous_unraisablehook)
+    sys.excepthook = quiet_after_interrupt(previous_excepthook)
     try:
         yield
     except TrackingLost:
@@ -123,7 +134,8 @@ def interrupts_unwind() -> Iterator[None]:
         raise_if_interrupted(cause=error)  # the interrupt, come out as another error
         raise
     finally:
-        sys.unraisablehook = previous_hook
+        sys.unraisablehook = previous_unraisablehook
+        sys.excepthook = previous_excepthook
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
         received_interrupts.clear()

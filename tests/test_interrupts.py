@@ -6,9 +6,12 @@ the searches run in this process so that ten of them fit in the suite's time.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.experiment import run_experiment
-from pipeline.runtime import interrupts_unwind
+from pipeline.runtime import interrupts_unwind, raise_if_interrupted
 from tests.conftest import compose_config, runs_by_stage
 
 SEARCH = ["stages=[feature_extraction,fine_tune]", "search=random", "search.max_trials=50"]
@@ -109,3 +112,33 @@ def test_an_interrupt_between_the_store_and_the_trials_books_leaves_no_trial_run
     assert runs["trial"]
     assert {run.info.status for run in runs["trial"]} == {"KILLED"}
     assert runs["search"][0].info.status == "KILLED"
+
+
+class FailsWhenCollected:
+    def __del__(self):
+        raise SystemError("an error C code reports instead of raising")
+
+
+def report_through_c_code() -> None:
+    """The two ways C code prints an error it does not raise: an exception in `__del__` goes to
+    `sys.unraisablehook`; `PyRun_SimpleString` reports its error with `PyErr_Print`, which calls
+    `sys.excepthook` (as TensorFlow's C++ did in CI when SIGTERM cut an import short)."""
+    FailsWhenCollected()
+    ctypes.pythonapi.PyRun_SimpleString(b"raise SystemError('printed by PyErr_Print')")
+
+
+def test_errors_that_c_code_prints_are_quiet_once_interrupted_and_printed_before(
+    capfd, monkeypatch
+):
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # not pytest's: it warns
+    hooks = (sys.unraisablehook, sys.excepthook)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), interrupts_unwind():
+        report_through_c_code()
+        before = capfd.readouterr().err
+        with contextlib.suppress(KeyboardInterrupt):  # swallowed, as inside C code
+            signal.raise_signal(signal.SIGTERM)
+        report_through_c_code()
+        raise_if_interrupted()
+    assert "instead of raising" in before and "printed by PyErr_Print" in before
+    assert capfd.readouterr().err == ""
+    assert (sys.unraisablehook, sys.excepthook) == hooks

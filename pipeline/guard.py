@@ -18,11 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.errors import ConfigError, TrackingLost
+from pipeline.startup import EXIT_INTERRUPTED
 from pipeline.sweep_stop import end_interrupted_job, job_slot
 
 log = logging.getLogger(__name__)
 
-EXIT_ERROR, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_CONFIG = 1, 2  # and EXIT_INTERRUPTED (130), from startup.py
 
 
 def in_sweep() -> bool:

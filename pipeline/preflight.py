@@ -131,11 +131,11 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
             except ConfigError as error:
                 return str(error)
             tracked = tracked or config.tracking.enabled
-    try:
-        if tracked:  # once for the whole command: the environment is the same for every job
+    if tracked:  # once for the whole command: the environment is the same for every job
+        try:
             check_mlflow_environment()
-    except ConfigError as error:
-        return str(error)
+        except ConfigError as error:
+            return str(error)
     return None
 
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import Config, register_configs
 from pipeline.errors import ConfigError
-from pipeline.guard import EXIT_CONFIG, EXIT_ERROR
+from pipeline.guard import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from pipeline.options import parse_options
 from pipeline.runtime import (
     configured,
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("error: interrupted; the new run is marked KILLED", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # the re-run failed: its runs are marked FAILED
         print(f"error: {type(error).__name__}: {error}".splitlines()[0], file=sys.stderr)
         return EXIT_ERROR

@@ -43,6 +43,7 @@ LONGEST_FIRST = [
     "test_config.py",
     "test_datasets.py",
     "test_secrets.py",
+    "test_sequential.py",
 ]
 
 

@@ -40,11 +40,11 @@ import numpy as np
 import scipy
 from scipy import stats
 
+from pipeline.report.power import seeds_for_power
 from pipeline.report.sequential import (
     METHOD,
     MIN_SEEDS,
     classify,
-    seeds_for_power,
     sequence_bounds,
 )
 

@@ -11,6 +11,7 @@ import pytest
 from scipy import integrate, stats
 
 from pipeline.report.equivalence import compare_effects, welch_interval
+from pipeline.report.power import seeds_for_power
 from pipeline.report.sequential import (
     DEFAULT_COMPARISONS,
     classify,
@@ -21,7 +22,6 @@ from pipeline.report.sequential import (
     log_evidence,
     paired_differences,
     radius_factor,
-    seeds_for_power,
     sequence_bounds,
 )
 
@@ -151,6 +151,8 @@ def test_decide_kinds_and_edges():
         decide([0.1] * 5, alpha=1.5)
     with pytest.raises(ValueError, match=r"margin=-0\.1"):
         decide([0.1] * 5, margin=-0.1)
+    with pytest.raises(ValueError, match="nan"):
+        decide([0.1, float("nan"), 0.1, 0.1, 0.1])
 
 
 def test_a_settled_verdict_stays_settled():

@@ -53,7 +53,10 @@ def seeds_for_power(
     looks = np.unique(np.append(np.arange(n + batch, max_seeds + 1, batch), max_seeds))
     low, high = sequence_bounds(paths[:, : looks[-1]], alpha, min_seeds)
     kinds = classify(low[:, looks - 1], high[:, looks - 1], margin)
-    right = np.isin(kinds, correct_kinds(mean, margin))
-    reached = np.logical_or.accumulate(right, axis=1).mean(axis=0)
+    settled = kinds != "open"  # a study stops at its first settled look, right or wrong
+    first = np.where(settled.any(axis=1), settled.argmax(axis=1), looks.size)
+    last = kinds[np.arange(simulations), np.minimum(first, looks.size - 1)]
+    right = (first < looks.size) & np.isin(last, correct_kinds(mean, margin))
+    reached = np.cumsum(np.bincount(first[right], minlength=looks.size)) / simulations
     enough = np.flatnonzero(reached >= power)
     return None if enough.size == 0 else int(looks[enough[0]] - n)

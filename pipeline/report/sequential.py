@@ -221,7 +221,7 @@ def evidence(differences: Sequence[float], null: float = 0.0) -> float:
 
 
 def comparison_name(comparison: Comparison) -> str:
-    """ "fine_tune - scratch": the name a tag, a metric or a table row gives a comparison."""
+    """The name a tag, a metric or a table row gives a comparison: "fine_tune - scratch"."""
     return f"{comparison[0]} - {comparison[1]}"
 
 
@@ -246,6 +246,7 @@ class StudyVerdict:
     verdicts: dict[Comparison, Verdict]
     alpha: float  # per comparison (alpha / len(comparisons) when familywise)
     margin: float
+    familywise: bool = False
 
     @property
     def all_settled(self) -> bool:
@@ -273,4 +274,4 @@ def decide_study(
     level = alpha / len(comparisons) if familywise and comparisons else alpha
     check(level, margin, min_seeds)
     verdicts = {c: decide(differences[c], level, margin, min_seeds) for c in comparisons}
-    return StudyVerdict(verdicts=verdicts, alpha=level, margin=margin)
+    return StudyVerdict(verdicts=verdicts, alpha=level, margin=margin, familywise=familywise)

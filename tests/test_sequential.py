@@ -68,6 +68,27 @@ def test_evidence_has_mean_one_under_the_null(n):
     assert mean == pytest.approx(1.0, abs=1e-7)
 
 
+def test_evidence_is_the_bayes_factor_of_its_definition():
+    """The closed form equals the mixture it stands for: a right-Haar prior 1/sigma on the sd, a
+    N(0, sigma²) prior on the mean under the alternative (phi = 1), integrated numerically."""
+    y = np.array([0.3, -0.2, 1.1, 0.7, 0.05, 0.9])
+    n, ybar, spread = y.size, float(y.mean()), float(((y - y.mean()) ** 2).sum())
+
+    def likelihood(mean: float, sd: float) -> float:
+        return (2 * math.pi * sd * sd) ** (-n / 2) * math.exp(
+            -(spread + n * (ybar - mean) ** 2) / (2 * sd * sd)
+        )
+
+    def prior(mean: float, sd: float) -> float:
+        return math.exp(-mean * mean / (2 * sd * sd)) / (math.sqrt(2 * math.pi) * sd)
+
+    null = integrate.quad(lambda sd: likelihood(0.0, sd) / sd, 0, np.inf, limit=200)[0]
+    alternative = integrate.dblquad(
+        lambda mean, sd: likelihood(mean, sd) * prior(mean, sd) / sd, 1e-3, 50, -30, 30
+    )[0]
+    assert evidence(y) == pytest.approx(alternative / null, rel=1e-6)
+
+
 def test_interval_edges_are_where_evidence_reaches_one_over_alpha():
     rng = np.random.default_rng(1)
     values = 0.01 + 0.02 * rng.standard_normal(12)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from pipeline.backbones import named_blocks
-from pipeline.runtime import raise_if_interrupted
+from pipeline.interrupts import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ Every message names the offending key and value and what is allowed.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +13,8 @@ from pipeline.catalog import APPLICATIONS, BACKBONES, block_count, min_image_siz
 from pipeline.config import MIN_ORPHAN_AFTER_S, STAGES, Config, Sampling
 from pipeline.data.embedded import EMBEDDED_LOADERS
 from pipeline.errors import ConfigError
-from pipeline.tracking.store import check_store_file, resolve_uri  # pure paths: no MLflow
+from pipeline.tracking.sqlite_file import check_store_file, writable_sqlite
+from pipeline.tracking.store import resolve_uri  # pure paths: no MLflow
 
 
 def require(condition: bool, message: str) -> None:
@@ -263,24 +263,6 @@ def check_search(cfg: Config) -> None:
 # Stores MLflow's client logs to; "" is a plain path (MLflow's file store).
 TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql")
 MAX_HTTP_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
-
-
-MIN_FREE_BYTES = 2**20  # a run's writes to a SQLite store take tens of KiB; creating it ~1 MiB
-
-
-def writable_sqlite(path: Path) -> str | None:
-    """Why a SQLite store at `path` could not be written, or None."""
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if path.exists() and not os.access(path, os.W_OK):
-        return f"{path} is read-only"
-    if not path.exists() and (
-        folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)
-    ):
-        return f"{folder} is not a writable folder (the store would be created in it)"
-    free = shutil.disk_usage(folder).free if folder is not None else MIN_FREE_BYTES
-    if free < MIN_FREE_BYTES:
-        return f"no space left on device writing {path} ({free // 1024} KiB free)"
-    return None
 
 
 def check_tracking(cfg: Config) -> None:

@@ -216,7 +216,7 @@ def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, fresh_store
 EXIT_SCRIPT = """
 import atexit, sys, threading, time, types
 sys.modules["tensorflow"] = types.ModuleType("tensorflow")  # its teardown is what is skipped
-from pipeline.runtime import exit_promptly
+from pipeline.cli.process import exit_promptly
 atexit.register(print, "exit handler ran")
 if sys.argv[1] == "thread":
     threading.Thread(target=lambda: (time.sleep(0.5), print("thread ended"))).start()

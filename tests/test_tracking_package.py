@@ -48,11 +48,19 @@ def test_mlflow_is_imported_only_inside_the_tracking_package():
 
 
 def test_keras_tuner_is_imported_only_by_the_search_code():
-    assert importers("keras_tuner") == {"search.py"}
+    assert importers("keras_tuner") == {"search/tuner.py"}
+
+
+def test_importing_the_search_package_does_not_import_keras_tuner():
+    script = "import sys, pipeline.search.roles\nassert 'keras_tuner' not in sys.modules, 'loaded'"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_search_code_talks_to_tracking_through_the_protocol_only():
-    for name in ("search.py", "search_stage.py"):
+    for name in ("search/tuner.py", "search/stage.py", "search/roles.py"):
         source = (PACKAGE / name).read_text()
         assert not re.search(r"\bmlflow\.\w", source), name
         assert ".client" not in source and ".experiment_id" not in source

@@ -9,8 +9,8 @@ cache, pipeline/boundary.py) and only the unfrozen top is trained on it.
 
 Roles as in keras-tuner: the HyperModel builds and fits, the Tuner drives, observers watch. Tracking
 comes in as a `TrialObserver`; this module never imports mlflow. Distributed mode is keras-tuner's
-own (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT): the chief runs the oracle,
-workers run trials.
+own (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT; see roles.py): the chief
+runs the oracle, workers run trials.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from keras_tuner.engine.trial import TrialStatus
 from pipeline.boundary import FrozenFeatures
 from pipeline.config import SearchConfig
 from pipeline.data import Split, batches, eval_batches
-from pipeline.errors import ConfigError, SearchError
+from pipeline.errors import SearchError
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.model import (
     StopWhenInterrupted,
     backbone_of,
@@ -40,8 +41,8 @@ from pipeline.model import (
     save_weights_atomically,
     unfreeze_top,
 )
-from pipeline.runtime import raise_if_interrupted
-from pipeline.search_records import (
+from pipeline.search.roles import role
+from pipeline.tracking.trial_records import (
     CHECKPOINT,
     HYPERPARAMETERS,
     SearchOutcome,
@@ -50,21 +51,6 @@ from pipeline.search_records import (
 )
 
 log = logging.getLogger(__name__)
-ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
-
-
-def role() -> str:
-    """`local`, or in keras-tuner's distributed mode `chief` (runs the oracle) or `worker`."""
-    if "KERASTUNER_ORACLE_IP" not in os.environ:
-        return "local"
-    missing = [name for name in ENV if not os.environ.get(name)]
-    if missing:
-        raise ConfigError(f"distributed search: KERASTUNER_ORACLE_IP is set but not {missing}")
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
-
-
-def tuner_id() -> str:
-    return os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
 
 
 @dataclass

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import PROJECT_ROOT
+from pipeline.cli.guard import full_errors
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.guard import full_errors
 from pipeline.tracking.environment import check_mlflow_environment
 from pipeline.validation import check_config, check_launcher
 

@@ -39,6 +39,7 @@ LONGEST_FIRST = [
     "test_report.py",
     "test_store.py",
     "test_tracking.py",
+    "test_internals.py",
     "test_stages.py",
     "test_config.py",
     "test_datasets.py",

@@ -7,7 +7,6 @@ a command in-process (a notebook, a test) gets its process back unchanged.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import sys
@@ -17,7 +16,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from pipeline.cli.python_internals import run_exit_handlers
 from pipeline.config import Config
+from pipeline.tensorflow_internals import disable_op_determinism, op_determinism_enabled
 
 
 def quiet_tensorflow_startup() -> None:
@@ -86,10 +87,9 @@ def configured(cfg: Config) -> Iterator[None]:
     were."""
     import keras
     import tensorflow as tf
-    from tensorflow.python.framework import config as tf_config  # the public API cannot undo it
 
     level = tf.get_logger().level
-    was_deterministic = tf_config.is_op_determinism_enabled()
+    was_deterministic = op_determinism_enabled()  # the public API cannot undo it
     with warnings.catch_warnings(), environment_default(ARTIFACT_PROGRESS_BAR, "false"):
         # Keras warns that fit's shuffle=True is ignored for tf.data: ours shuffle themselves.
         warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -102,7 +102,7 @@ def configured(cfg: Config) -> Iterator[None]:
         finally:
             tf.get_logger().setLevel(level)
             if cfg.deterministic and not was_deterministic:
-                tf_config.disable_op_determinism()
+                disable_op_determinism()
 
 
 def exit_promptly(code: int | str | None) -> None:
@@ -117,7 +117,7 @@ def exit_promptly(code: int | str | None) -> None:
     if code is not None and not isinstance(code, int):  # sys.exit("message")
         print(code, file=sys.stderr)
         code = 1
-    atexit._run_exitfuncs()  # what the interpreter runs at exit: logging's flush, MLflow's, ...
+    run_exit_handlers()  # what the interpreter runs at exit: logging's flush, MLflow's, ...
     for stream in (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError):  # a closed pipe: nothing more can reach it
             stream.flush()

@@ -42,6 +42,7 @@ from pipeline.model import (
     unfreeze_top,
 )
 from pipeline.search.roles import role
+from pipeline.search.tuner_internals import DeclaredSpaceTuner, checkpoint_path
 from pipeline.tracking.trial_records import (
     CHECKPOINT,
     HYPERPARAMETERS,
@@ -152,19 +153,13 @@ def release_memory() -> None:
     gc.collect()
 
 
-class TransferTuner(keras_tuner.Tuner):
+class TransferTuner(DeclaredSpaceTuner):
     """Runs trials from the checkpoint (Hyperband: from the parent trial's) and reports them."""
 
     def __init__(self, oracle, hypermodel: TransferHyperModel, observer: TrialObserver, **kwargs):
         super().__init__(oracle, hypermodel, **kwargs)
         self.observer = observer
         self.scores: dict[str, float] = {}
-
-    def _populate_initial_space(self) -> None:
-        # The space has no conditions: declare it instead of building a model to discover it.
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
 
     def run_trial(self, trial, train: Split, val: Split):
         try:
@@ -194,7 +189,7 @@ class TransferTuner(keras_tuner.Tuner):
                     hp, model, train, val, callbacks=callbacks, epochs=epochs, initial_epoch=initial
                 )
             )
-        keeper.save(self._get_checkpoint_fname(trial.trial_id))
+        keeper.save(checkpoint_path(self, trial.trial_id))
         scores = [best_of(h, self.oracle.objective) for h in histories]
         self.scores[trial.trial_id] = sum(scores) / len(scores)
         return histories
@@ -204,7 +199,7 @@ class TransferTuner(keras_tuner.Tuner):
         parent = hp.values.get("tuner/trial_id")
         if parent is None:
             return 0
-        path = self._get_checkpoint_fname(parent)
+        path = checkpoint_path(self, parent)
         if not os.path.exists(path):  # another worker's, on a disk we cannot see
             log.warning("trial %s checkpoint not found: restarting from feature extraction", parent)
             return 0

@@ -16,7 +16,9 @@ from urllib.parse import urlparse
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
+from pipeline.tracking import mlflow_internals
 from pipeline.tracking.environment import check_mlflow_environment
+from pipeline.tracking.mlflow_internals import ASYNC_QUEUE_LOGGER, STORE_ERROR_LOGGER
 from pipeline.tracking.secrets import redact_text
 from pipeline.tracking.sqlite_file import creation_lock, sqlite_path
 
@@ -108,7 +110,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return experiment.experiment_id
 
 
-# MLflow reads these at every request (mlflow.utils.rest_utils.http_request).
+# MLflow reads these at every HTTP request (declared in mlflow.environment_variables).
 HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 HTTP_BACKOFF = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
 HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
@@ -134,10 +136,6 @@ def bounded_http(retries: int, timeout_s: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-ASYNC_QUEUE_LOGGER = "mlflow.utils.async_logging.async_logging_queue"
-STORE_ERROR_LOGGER = "mlflow.store.db.utils"  # logs each SQL error with its traceback
 
 
 @contextmanager
@@ -170,7 +168,7 @@ def shut_down_async_logging(client: MlflowClient) -> None:
     MlflowClient has no public call for this; its store does (the one `log_batch(...,
     synchronous=False)` queued to). Without it the queue's threads outlive the command.
     """
-    client._tracking_client.store.shut_down_async_logging()
+    mlflow_internals.shut_down_async_logging(client)
 
 
 def terminate_run(client: MlflowClient, run_id: str, status: str) -> None:
@@ -181,15 +179,7 @@ def terminate_run(client: MlflowClient, run_id: str, status: str) -> None:
     already waited for this run's own queued writes, so the run's end goes to the store directly;
     other runs' writes keep flowing, and the queue is stopped once, when the tracker closes.
     """
-    from mlflow.entities import RunStatus
-    from mlflow.utils.time import get_current_time_millis
-
-    client._tracking_client.store.update_run_info(
-        run_id,
-        run_status=RunStatus.from_string(status),
-        end_time=get_current_time_millis(),
-        run_name=None,
-    )
+    mlflow_internals.end_run_at_once(client, run_id, status)
 
 
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:

@@ -127,6 +127,25 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
     return fine_tune(ctx, done["feature_extraction"])
 
 
+def run_search_stage(
+    ctx: StageContext, tracker: Tracker, config_hash: str, done: dict, failures: dict
+) -> bool:
+    """The search of the fine-tuning stage, its own run beside the stages: its best trial goes
+    into `done["search"]`, or its error into `failures`; whether fine-tuning can go on."""
+    from pipeline.search.stage import search_stage  # Keras Tuner only when searching
+
+    try:
+        done["search"] = search_stage(ctx, done["feature_extraction"], tracker, config_hash)
+    except TrackingLost:  # the other stages could not log either
+        raise
+    except Exception as error:
+        raise_if_interrupted(cause=error)
+        failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        failures["fine_tune"] = "not run: the search failed"
+        return False
+    return True
+
+
 def run_stages(
     ctx: StageContext, pretrained: Callable[[], keras.Model], tracker: Tracker, config_hash: str
 ):
@@ -155,19 +174,9 @@ def run_stages(
         if stage == "fine_tune" and "feature_extraction" not in done:
             failures[stage] = "not run: feature_extraction failed"
             continue
-        if stage == "fine_tune" and searching(ctx.cfg):
-            from pipeline.search.stage import search_stage  # Keras Tuner only when searching
-
-            try:  # the search is its own run, a sibling of the stages
-                extracted = done["feature_extraction"]
-                done["search"] = search_stage(ctx, extracted, tracker, config_hash)
-            except TrackingLost:  # the other stages could not log either
-                raise
-            except Exception as error:
-                raise_if_interrupted(cause=error)
-                failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
-                failures[stage] = "not run: the search failed"
-                continue
+        no_search = stage != "fine_tune" or not searching(ctx.cfg)
+        if not (no_search or run_search_stage(ctx, tracker, config_hash, done, failures)):
+            continue
         try:
             with tracker.stage_run(stage):
                 result = run_stage(stage, ctx, backbone, done)

@@ -171,6 +171,9 @@ def test_mlflow_settings_mlflow_can_read_pass(monkeypatch):
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "TRUE")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     check_mlflow_environment()  # raises ConfigError for a value MLflow cannot read
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "thirty")  # the same check is live
+    with pytest.raises(ConfigError, match="MLFLOW_HTTP_REQUEST_TIMEOUT='thirty'"):
+        check_mlflow_environment()
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):

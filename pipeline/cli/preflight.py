@@ -27,8 +27,9 @@ from pipeline.cli.guard import full_errors
 from pipeline.cli.hydra_internals import INFO_FLAGS, parse_command_line
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.sweeps.launchers import check_launcher
 from pipeline.tracking.environment import check_mlflow_environment
-from pipeline.validation import check_config, check_launcher
+from pipeline.validation import check_config
 
 
 def schema_keys(full_key: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Keras Tuner searches the fine-tuning stage: the tuner (tuner.py), the stage that runs it and
-fine-tunes the best trial (stage.py), distributed roles (roles.py), and the one place that reaches
-into keras-tuner's private API (tuner_internals.py). The only keras_tuner importer in the project;
-importing this package does not import it (the modules do, when a search runs).
+fine-tunes the best trial (stage.py), a trial's Keras callbacks (callbacks.py), distributed roles
+(roles.py), and the one place that reaches into keras-tuner's private API (tuner_internals.py).
+The only keras_tuner importer in the project; importing this package does not import it (the
+modules do, when a search runs).
 """
 
 

@@ -44,6 +44,7 @@ LONGEST_FIRST = [
     "test_config.py",
     "test_datasets.py",
     "test_secrets.py",
+    "test_layers.py",
 ]
 
 

@@ -68,10 +68,10 @@ def pretrained(cfg, task):
 
 def pipeline_way(cfg, task, backbone, observer=None) -> float:
     """Feature extraction once, a checkpoint, then the pipeline's search; the best val accuracy."""
-    from pipeline.search import require_best, run_search
-    from pipeline.search_records import NullObserver
-    from pipeline.search_stage import make_setup
+    from pipeline.search.stage import make_setup
+    from pipeline.search.tuner import require_best, run_search
     from pipeline.stages import StageContext, feature_extraction
+    from pipeline.tracking.trial_records import NullObserver
 
     extracted = feature_extraction(StageContext(cfg, task), backbone)
     setup = make_setup(cfg, task, Path(cfg.search.directory))
@@ -134,7 +134,7 @@ def plain_hypermodel(cfg, task, weights: Path):
 def plain_way(cfg, task, weights: Path, directory: Path) -> float:
     import keras_tuner
 
-    from pipeline.search import make_oracle
+    from pipeline.search.tuner import make_oracle
 
     tuner = keras_tuner.Tuner(
         oracle=make_oracle(cfg.search, cfg.seed),
@@ -156,8 +156,8 @@ def timed(label: str, work) -> tuple[float, float]:
 
 
 def speed(trials: int, epochs: int) -> None:
+    from pipeline.cli.process import configured
     from pipeline.data import load_task
-    from pipeline.runtime import configured
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(trials, epochs, Path(tmp) / "pipeline")
@@ -199,8 +199,8 @@ class RssAfterTrial:
 
 
 def memory(trials: int) -> None:
+    from pipeline.cli.process import configured
     from pipeline.data import load_task
-    from pipeline.runtime import configured
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(trials, 2, Path(tmp) / "pipeline")

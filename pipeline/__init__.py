@@ -2,8 +2,8 @@
 
 import sys
 
-if sys.argv[:1] == ["-m"]:  # `python -m ...` is locating its module (pipeline/startup.py)
-    from pipeline import startup
+if sys.argv[:1] == ["-m"]:  # `python -m ...` is locating its module (pipeline/cli/startup.py)
+    from pipeline.cli import startup
 
     if startup.module_python_m_is_locating() == "pipeline":
         startup.hold_ctrl_c()  # before any other import (pipeline/__main__.py says why)

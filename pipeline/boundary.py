@@ -22,8 +22,8 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data import Split, augmenting, eval_batches
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.model import backbone_of
-from pipeline.runtime import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 

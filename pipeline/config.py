@@ -229,7 +229,7 @@ class BayesianConfig:
 
 @dataclass
 class SearchConfig:
-    """Keras Tuner search of the fine-tuning stage, read by pipeline/search.py."""
+    """Keras Tuner search of the fine-tuning stage, read by pipeline/search/."""
 
     tuner: Tuner = Tuner.none
     objective: Objective = Objective.val_accuracy

@@ -5,6 +5,12 @@ class ConfigError(ValueError):
     """A composition that cannot run: names the offending key or value and what is allowed."""
 
 
+def require(condition: bool, message: str) -> None:
+    """ConfigError(message) unless `condition`: the checks of validation.py read as rules."""
+    if not condition:
+        raise ConfigError(message)
+
+
 class SearchError(RuntimeError):
     """A search that cannot give a best trial (none succeeded, or too many failed in a row)."""
 

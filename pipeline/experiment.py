@@ -20,6 +20,7 @@ from pipeline.catalog import APPLICATIONS
 from pipeline.config import Config
 from pipeline.data import TaskData, load_task
 from pipeline.errors import ConfigError, TrackingLost
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.pretrain import pretrained_backbone
 from pipeline.provenance import (
     config_hash,
@@ -29,10 +30,9 @@ from pipeline.provenance import (
     run_name,
     variant_hash,
 )
-from pipeline.runtime import raise_if_interrupted
 from pipeline.stages import StageContext, StageResult, feature_extraction, fine_tune, scratch
 from pipeline.summary import summary_table
-from pipeline.sweep import sweep_run_id
+from pipeline.sweeps.job import sweep_run_id
 from pipeline.tracking import Tracker, check_server, open_tracker
 from pipeline.validation import check_config
 
@@ -47,7 +47,7 @@ def distributed_worker() -> bool:
     """A Keras Tuner worker (KERASTUNER_* set, not the chief) runs trials, not an experiment."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         return False
-    from pipeline.search import role
+    from pipeline.search.roles import role
 
     return role() == "worker"
 
@@ -121,10 +121,29 @@ def run_stage(stage: str, ctx: StageContext, backbone: keras.Model, done: dict) 
     if stage == "feature_extraction":
         return feature_extraction(ctx, backbone)
     if "search" in done:
-        from pipeline.search_stage import fine_tune_chosen
+        from pipeline.search.stage import fine_tune_chosen
 
         return fine_tune_chosen(ctx, done["feature_extraction"], done["search"])
     return fine_tune(ctx, done["feature_extraction"])
+
+
+def run_search_stage(
+    ctx: StageContext, tracker: Tracker, config_hash: str, done: dict, failures: dict
+) -> bool:
+    """The search of the fine-tuning stage, its own run beside the stages: its best trial goes
+    into `done["search"]`, or its error into `failures`; whether fine-tuning can go on."""
+    from pipeline.search.stage import search_stage  # Keras Tuner only when searching
+
+    try:
+        done["search"] = search_stage(ctx, done["feature_extraction"], tracker, config_hash)
+    except TrackingLost:  # the other stages could not log either
+        raise
+    except Exception as error:
+        raise_if_interrupted(cause=error)
+        failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        failures["fine_tune"] = "not run: the search failed"
+        return False
+    return True
 
 
 def run_stages(
@@ -155,19 +174,9 @@ def run_stages(
         if stage == "fine_tune" and "feature_extraction" not in done:
             failures[stage] = "not run: feature_extraction failed"
             continue
-        if stage == "fine_tune" and searching(ctx.cfg):
-            from pipeline.search_stage import search_stage  # Keras Tuner only when searching
-
-            try:  # the search is its own run, a sibling of the stages
-                extracted = done["feature_extraction"]
-                done["search"] = search_stage(ctx, extracted, tracker, config_hash)
-            except TrackingLost:  # the other stages could not log either
-                raise
-            except Exception as error:
-                raise_if_interrupted(cause=error)
-                failures["search"] = f"{type(error).__name__}: {error}".splitlines()[0]
-                failures[stage] = "not run: the search failed"
-                continue
+        no_search = stage != "fine_tune" or not searching(ctx.cfg)
+        if not (no_search or run_search_stage(ctx, tracker, config_hash, done, failures)):
+            continue
         try:
             with tracker.stage_run(stage):
                 result = run_stage(stage, ctx, backbone, done)
@@ -198,7 +207,7 @@ def run_experiment(cfg: DictConfig, extra_tags: dict[str, str] | None = None) ->
     task = load_task(config.dataset, config.seed)
     with open_tracker(config.tracking) as tracker:
         if distributed_worker():
-            from pipeline.search_stage import run_worker
+            from pipeline.search.stage import run_worker
 
             return run_worker(config, task, config_hash(resolved), tracker)
         return run_tracked(config, resolved, task, tracker, extra_tags)

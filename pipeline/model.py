@@ -16,7 +16,8 @@ import keras
 import numpy as np
 
 from pipeline.backbones import named_blocks
-from pipeline.runtime import raise_if_interrupted
+from pipeline.interrupts import raise_if_interrupted
+from pipeline.tensorflow_internals import build_training_variables
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,10 @@ def build_for_training(model: keras.Model, train) -> None:
     Without a distribution strategy Keras creates them inside the first trace of the train step,
     and TensorFlow then traces it a second time to lift them out; under a strategy Keras builds
     them first, as here (same variables, same values). The shapes come from the dataset's spec,
-    so no batch is drawn and no shuffle order moves. The method is Keras' own (`Trainer`); were a
-    Keras release to drop it, `fit` would build them itself, only slower.
+    so no batch is drawn and no shuffle order moves. The method is Keras' own, and private
+    (tensorflow_internals.py).
     """
-    symbolic_build = getattr(model, "_symbolic_build", None)
-    if symbolic_build is not None:
-        symbolic_build(data_batch=train.element_spec)
+    build_training_variables(model, train.element_spec)
 
 
 def fit(

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.config import Config, register_configs
-from pipeline.errors import ConfigError
-from pipeline.guard import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
-from pipeline.options import parse_options
-from pipeline.runtime import (
+from pipeline.cli.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
+from pipeline.cli.options import parse_options
+from pipeline.cli.process import (
     configured,
     import_tensorflow_quietly,
-    interrupts_unwind,
     quiet_tensorflow_startup,
 )
+from pipeline.config import Config, register_configs
+from pipeline.errors import ConfigError
+from pipeline.interrupts import interrupts_unwind
 
 log = logging.getLogger(__name__)
 

@@ -1,25 +1,18 @@
 """Checks of a composed config that its schema cannot express, run before anything is trained.
 
-Every message names the offending key and value and what is allowed.
+Every message names the offending key and value and what is allowed. The tracking keys are
+checked by tracking/validation.py, a sweep's launcher by sweeps/launchers.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
-from urllib.parse import urlparse
 
 from pipeline.catalog import APPLICATIONS, BACKBONES, block_count, min_image_size
-from pipeline.config import MIN_ORPHAN_AFTER_S, STAGES, Config, Sampling
+from pipeline.config import STAGES, Config, Sampling
 from pipeline.data.embedded import EMBEDDED_LOADERS
-from pipeline.errors import ConfigError
-from pipeline.tracking.store import check_store_file, resolve_uri  # pure paths: no MLflow
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+from pipeline.errors import require
+from pipeline.tracking.validation import check_tracking
 
 
 def check_stages(stages: list[str]) -> None:
@@ -258,83 +251,6 @@ def check_search(cfg: Config) -> None:
         "(0 would never end)",
     )
     check_search_space(cfg)
-
-
-# Stores MLflow's client logs to; "" is a plain path (MLflow's file store).
-TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql")
-MAX_HTTP_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
-
-
-MIN_FREE_BYTES = 2**20  # a run's writes to a SQLite store take tens of KiB; creating it ~1 MiB
-
-
-def writable_sqlite(path: Path) -> str | None:
-    """Why a SQLite store at `path` could not be written, or None."""
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if path.exists() and not os.access(path, os.W_OK):
-        return f"{path} is read-only"
-    if not path.exists() and (
-        folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)
-    ):
-        return f"{folder} is not a writable folder (the store would be created in it)"
-    free = shutil.disk_usage(folder).free if folder is not None else MIN_FREE_BYTES
-    if free < MIN_FREE_BYTES:
-        return f"no space left on device writing {path} ({free // 1024} KiB free)"
-    return None
-
-
-def check_tracking(cfg: Config) -> None:
-    """The store's scheme, the experiment's name and a local store's write access, checked before
-    anything trains (the store itself is opened once the data has loaded)."""
-    tracking = cfg.tracking
-    if not tracking.enabled:
-        return
-    for key in ("experiment_name", "backbone_experiment"):
-        name = getattr(tracking, key)
-        require(bool(name and name.strip()), f"tracking.{key}={name!r} is empty; allowed: a name")
-    require(
-        0 <= tracking.http_retries <= MAX_HTTP_RETRIES,
-        f"tracking.http_retries={tracking.http_retries} is out of range; allowed: 0 to "
-        f"{MAX_HTTP_RETRIES} (MLflow's limit)",
-    )
-    require(
-        tracking.http_timeout_s >= 1,
-        f"tracking.http_timeout_s={tracking.http_timeout_s} is out of range; allowed: >= 1",
-    )
-    require(
-        tracking.orphan_after_s >= MIN_ORPHAN_AFTER_S,
-        f"tracking.orphan_after_s={tracking.orphan_after_s} is out of range; allowed: >= "
-        f"{MIN_ORPHAN_AFTER_S:.0f} (a live process tags its heartbeat once a minute)",
-    )
-    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2 is postgresql
-    require(
-        scheme in TRACKING_SCHEMES,
-        f"tracking.uri scheme {scheme!r} is not supported (use sqlite:///..., http(s)://..., "
-        "or a path)",
-    )
-    if scheme == "sqlite":
-        db = Path(uri.removeprefix("sqlite:///"))
-        problem = writable_sqlite(db)
-        require(problem is None, f"tracking.uri: the SQLite store cannot be written: {problem}")
-        check_store_file(db)
-
-
-# Launchers whose jobs may run on other hosts: they cannot share one SQLite file (README, "Scaling
-# out"). basic, joblib and submitit_local keep every job on this host.
-MULTI_HOST_LAUNCHERS = ("submitit_slurm", "ray", "ray_aws")
-
-
-def check_launcher(launcher: str, cfg: Config) -> None:
-    """A sweep whose jobs run on other hosts logs to a tracking server, not a SQLite file."""
-    if launcher not in MULTI_HOST_LAUNCHERS or not cfg.tracking.enabled:
-        return
-    uri = resolve_uri(cfg.tracking.uri)
-    require(
-        urlparse(uri).scheme != "sqlite",
-        f"hydra/launcher={launcher} runs jobs on other hosts, which cannot share the SQLite store "
-        f"{uri}; use a tracking server: tracking.uri=http://HOST:5000 (README: Scaling out)",
-    )
 
 
 def check_config(cfg: Config) -> None:

@@ -39,11 +39,13 @@ LONGEST_FIRST = [
     "test_report.py",
     "test_store.py",
     "test_tracking.py",
+    "test_internals.py",
     "test_stages.py",
     "test_config.py",
     "test_datasets.py",
     "test_secrets.py",
     "test_sequential.py",
+    "test_layers.py",
 ]
 
 
@@ -86,9 +88,9 @@ def smoke_backbone_store(tmp_path_factory, migrated_store: Path) -> Path:
     experiment then reuses it, as every run after a user's first does, instead of pretraining."""
     from omegaconf import OmegaConf
 
+    from pipeline.cli.process import import_tensorflow_quietly
     from pipeline.data import load_task
     from pipeline.pretrain import pretrained_backbone
-    from pipeline.runtime import import_tensorflow_quietly
     from pipeline.tracking.store import prepare_store
     from pipeline.tracking.weights import MlflowWeightsStore
 

@@ -171,6 +171,9 @@ def test_mlflow_settings_mlflow_can_read_pass(monkeypatch):
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "TRUE")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     check_mlflow_environment()  # raises ConfigError for a value MLflow cannot read
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "thirty")  # the same check is live
+    with pytest.raises(ConfigError, match="MLFLOW_HTTP_REQUEST_TIMEOUT='thirty'"):
+        check_mlflow_environment()
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path):
@@ -216,7 +219,7 @@ def test_parallel_sweep_into_a_fresh_store_groups_its_jobs(tmp_path, fresh_store
 EXIT_SCRIPT = """
 import atexit, sys, threading, time, types
 sys.modules["tensorflow"] = types.ModuleType("tensorflow")  # its teardown is what is skipped
-from pipeline.runtime import exit_promptly
+from pipeline.cli.process import exit_promptly
 atexit.register(print, "exit handler ran")
 if sys.argv[1] == "thread":
     threading.Thread(target=lambda: (time.sleep(0.5), print("thread ended"))).start()

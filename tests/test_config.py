@@ -11,9 +11,9 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from pipeline import PROJECT_ROOT
 from pipeline.catalog import APPLICATIONS
+from pipeline.cli.preflight import check_composition
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.preflight import check_composition
 from pipeline.validation import check_config
 from tests.conftest import CONF_DIR, compose_config
 

@@ -13,8 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT, experiment
-from pipeline.cli import configured_experiment
-from pipeline.tracking.store import creation_lock
+from pipeline.cli.app import configured_experiment
+from pipeline.tracking.sqlite_file import creation_lock
 from tests.conftest import compose_config, run_cli, runs_by_stage
 
 LONG_SCRATCH = ["train.epochs.scratch=100000", "train.patience=100000"]

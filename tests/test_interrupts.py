@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.experiment import run_experiment
-from pipeline.runtime import interrupts_unwind, raise_if_interrupted
+from pipeline.interrupts import interrupts_unwind, raise_if_interrupted
 from tests.conftest import compose_config, runs_by_stage
 
 SEARCH = ["stages=[feature_extraction,fine_tune]", "search=random", "search.max_trials=50"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import sweep_stop
-from pipeline.preflight import check_composition
+from pipeline.cli.preflight import check_composition
+from pipeline.sweeps import stop as sweep_stop
 from pipeline.tracking.heartbeat import HEARTBEAT_TAG, Heartbeat
 from pipeline.tracking.query import StoreReader
 from pipeline.tracking.runs import mark_orphans

@@ -13,11 +13,11 @@ from PIL import Image
 from scipy import stats
 
 from pipeline import experiment
+from pipeline.cli.process import configured
 from pipeline.experiment import run_experiment
 from pipeline.report import __main__ as report_cli
 from pipeline.report.statistics import expected_max, holm, paired_gain, summarize
 from pipeline.reproduce import main as reproduce_main
-from pipeline.runtime import configured
 from tests.conftest import compose_config, copy_store, headless
 
 SEEDS = (0, 1, 2)

@@ -14,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline import PROJECT_ROOT, search
+from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
 from pipeline.experiment import StagesFailed, run_experiment
+from pipeline.search import tuner
 from pipeline.tracking.store import prepare_store
 from pipeline.validation import check_config
 from tests.conftest import compose_config, run_cli, runs_by_stage
@@ -136,9 +137,7 @@ def failing_fit(original):
 def test_a_failing_trial_is_logged_failed_and_the_search_goes_on(
     smoke, client, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(
-        search.TransferHyperModel, "fit", failing_fit(search.TransferHyperModel.fit)
-    )
+    monkeypatch.setattr(tuner.TransferHyperModel, "fit", failing_fit(tuner.TransferHyperModel.fit))
     overrides = [*smoke, "search=grid", "search.unfreeze_blocks.max=1"]
     overrides += ["search.learning_rate.min=0.01"]
     run_experiment(compose_config(searched(overrides, tmp_path)))
@@ -158,8 +157,8 @@ def test_a_failing_trial_is_logged_failed_and_the_search_goes_on(
 
 @pytest.mark.slow
 def test_all_trials_failing_is_an_error_naming_it(smoke, client, tmp_path, monkeypatch):
-    original = search.TransferHyperModel.fit
-    monkeypatch.setattr(search.TransferHyperModel, "fit", failing_fit(original))
+    original = tuner.TransferHyperModel.fit
+    monkeypatch.setattr(tuner.TransferHyperModel, "fit", failing_fit(original))
     overrides = [*smoke, "search=grid", "search.unfreeze_blocks.min=1"]
     overrides += ["search.unfreeze_blocks.max=1", "search.learning_rate.min=0.01"]
     with pytest.raises(StagesFailed, match=r"none of the 1 trial\(s\) succeeded.*disk full"):

@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
 from pipeline import PROJECT_ROOT
+from pipeline.cli.preflight import check_composition
 from pipeline.config import BACKBONE_WEIGHTS_FILE
-from pipeline.preflight import check_composition
 from pipeline.provenance import config_hash, variant_hash
-from pipeline.resume import finished_objective
-from pipeline.sweep import SWEEP_RUN_FILE
+from pipeline.sweeps.job import SWEEP_RUN_FILE
+from pipeline.sweeps.resume import finished_objective
 from pipeline.tracking import open_tracker
 from pipeline.tracking.query import ExperimentRun, RunRecord
 from pipeline.tracking.store import prepare_store
@@ -121,8 +121,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from pipeline.config import register_configs
-from pipeline.resume import finished_objective
-from pipeline.sweep import PrepareStoreBeforeSweep, SweepRun, sweep_run_id
+from pipeline.sweeps.resume import finished_objective
+from pipeline.sweeps.callbacks import PrepareStoreBeforeSweep, SweepRun
+from pipeline.sweeps.job import sweep_run_id
 register_configs()
 overrides = ["tracking=off", "hydra.mode=MULTIRUN", "hydra.sweep.dir={tmp_path / "sweep"}"]
 with initialize_config_dir(config_dir="{CONF_DIR}", version_base="1.3"):

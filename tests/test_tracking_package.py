@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -48,11 +49,20 @@ def test_mlflow_is_imported_only_inside_the_tracking_package():
 
 
 def test_keras_tuner_is_imported_only_by_the_search_code():
-    assert importers("keras_tuner") == {"search.py"}
+    found = importers("keras_tuner")
+    assert found == {"search/tuner.py", "search/callbacks.py", "search/tuner_internals.py"}
+
+
+def test_importing_the_search_package_does_not_import_keras_tuner():
+    script = "import sys, pipeline.search.roles\nassert 'keras_tuner' not in sys.modules, 'loaded'"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_search_code_talks_to_tracking_through_the_protocol_only():
-    for name in ("search.py", "search_stage.py"):
+    for name in ("search/tuner.py", "search/stage.py", "search/roles.py", "search/callbacks.py"):
         source = (PACKAGE / name).read_text()
         assert not re.search(r"\bmlflow\.\w", source), name
         assert ".client" not in source and ".experiment_id" not in source
@@ -79,11 +89,42 @@ def test_tracking_off_loads_neither_mlflow_nor_keras_tuner(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_both_trackers_implement_the_protocol(store_uri):
-    cfg = OmegaConf.to_object(compose_config([f"tracking.uri={store_uri}"])).tracking
-    assert isinstance(MlflowTracker(cfg), Tracker)
-    assert isinstance(NullTracker(cfg), Tracker)
+def parameters(cls: type, name: str) -> list[tuple[str, object]]:
+    signature = inspect.signature(getattr(cls, name))
+    return [(p.name, p.kind) for p in signature.parameters.values()]
+
+
+def test_both_trackers_implement_the_protocol_with_its_signatures():
+    # isinstance on a runtime-checkable Protocol checks the names only: compare the parameters
     assert "experiment_run" in PROTOCOL and "log_search_outcome" in PROTOCOL
+    for tracker in (MlflowTracker, NullTracker):
+        for name in [*PROTOCOL, "__enter__", "__exit__"]:
+            expected = parameters(Tracker, name)
+            assert parameters(tracker, name) == expected, f"{tracker.__name__}.{name}"
+
+
+def drive(tracker: Tracker) -> tuple[str, str, dict[str, str]]:
+    """One invocation's calls, through the Protocol only: a parent run, a stage, a metric."""
+    with tracker, tracker.experiment_run("protocol", {"dataset": "digits"}) as parent:
+        tracker.log_config({"seed": 0})
+        with tracker.stage_run("scratch") as stage:
+            tracker.log_metrics({"test_accuracy": 0.5})
+        return parent, stage, tracker.run_ids()
+
+
+def test_both_trackers_take_the_same_calls(store_uri, client):
+    overrides = [f"tracking.uri={store_uri}"]
+    tracked = OmegaConf.to_object(compose_config(overrides)).tracking
+    parent, stage, ids = drive(open_tracker(tracked))
+    assert ids == {"parent": parent, "scratch": stage}
+    run = client.get_run(stage)
+    assert run.data.metrics["test_accuracy"] == 0.5 and run.data.tags["stage"] == "scratch"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).info.status == "FINISHED"
+
+    off = OmegaConf.to_object(compose_config([*overrides, "tracking=off"])).tracking
+    parent, stage, ids = drive(open_tracker(off))
+    assert ids == {} and parent == stage == "-"
 
 
 def mlflow_threads() -> list[str]:

@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import PROJECT_ROOT
+from pipeline.cli.exit_codes import EXIT_CONFIG
+from pipeline.cli.options import parse_options
 from pipeline.errors import ConfigError
-from pipeline.guard import EXIT_CONFIG
-from pipeline.options import parse_options
 
 
 @dataclass

@@ -4,7 +4,7 @@ MLflow reads most of them only when it first needs them, some on its own logging
 value it cannot convert (`MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=abc`) ends the thread, and every
 wait for a queued write then blocks for ever. Each variable MLflow declares is read here through
 MLflow's own definition of it, so a value MLflow would refuse is one line before any run starts:
-in the command line's check (pipeline/preflight.py), and again where a store is opened.
+in the command line's check (pipeline/cli/preflight.py), and again where a store is opened.
 """
 
 from __future__ import annotations

@@ -22,13 +22,13 @@ from omegaconf import OmegaConf
 
 from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import SearchError, StoreUnwritable, TrackingUnreachable
-from pipeline.runtime import received_interrupts
-from pipeline.search_records import SearchOutcome
-from pipeline.tracking.flat import flatten
+from pipeline.interrupts import received_interrupts
 from pipeline.tracking.heartbeat import Heartbeat
+from pipeline.tracking.params import flatten
 from pipeline.tracking.query import ExperimentRun, RunRecord, StoreReader
 from pipeline.tracking.runs import create_run, end_run, error_tag, mark_orphans
 from pipeline.tracking.secrets import redact_text, redact_tree
+from pipeline.tracking.sqlite_file import sqlite_path, writable_sqlite
 from pipeline.tracking.store import (
     bounded_http,
     prepare_store,
@@ -36,14 +36,13 @@ from pipeline.tracking.store import (
     resolve_uri,
     server_down,
     shut_down_async_logging,
-    sqlite_path,
     stop_retrying,
     storage_problem,
 )
 from pipeline.tracking.sweeps import SKIPPED_JOB
+from pipeline.tracking.trial_records import SearchOutcome
 from pipeline.tracking.weights import MlflowWeightsStore
 from pipeline.tracking.writer import Writer
-from pipeline.validation import writable_sqlite
 
 if TYPE_CHECKING:
     from pipeline.tracking.trials import TrialRuns
@@ -204,7 +203,7 @@ class MlflowTracker:
 
     # what goes into the innermost open run
     def callbacks(self, stage: str) -> list:
-        # Keras only once there is training to log: a sweep job that is skipped (resume.py)
+        # Keras only once there is training to log: a sweep job that is skipped (sweeps/resume.py)
         # opens a tracker before TensorFlow is imported, and must not import it unfiltered.
         from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
 

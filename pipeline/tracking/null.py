@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pipeline import PROJECT_ROOT
 from pipeline.config import SearchConfig, TrackingConfig
 from pipeline.errors import ConfigError
-from pipeline.search_records import NullObserver
+from pipeline.tracking.trial_records import NullObserver
 
 if TYPE_CHECKING:
     from pipeline.pretrain import LocalWeightsStore

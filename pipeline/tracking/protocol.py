@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
     from pipeline.config import SearchConfig
     from pipeline.pretrain import WeightsStore
-    from pipeline.search_records import SearchOutcome, TrialObserver
     from pipeline.tracking.query import ExperimentRun, RunRecord
+    from pipeline.tracking.trial_records import SearchOutcome, TrialObserver
 
 
 @runtime_checkable

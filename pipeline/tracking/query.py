@@ -15,6 +15,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import STAGES
+from pipeline.tracking.mlflow_internals import metric_history_bulk
 from pipeline.tracking.owner import process_dead
 
 PARENT_ID = "mlflow.parentRunId"
@@ -168,13 +169,13 @@ class StoreReader:
     def metric_histories(self, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
         """(step, value) of a metric for many runs: in bulk (one query per 100 runs) where the
         store can, else one request per run."""
-        store = self.client._tracking_client.store  # the bulk read is the store's
         out: dict[str, list[tuple[int, float]]] = {run_id: [] for run_id in run_ids}
-        if not hasattr(store, "get_metric_history_bulk"):
-            return {run_id: self.metric_history(run_id, key) for run_id in run_ids}
         for start in range(0, len(run_ids), 100):
             chunk = run_ids[start : start + 100]
-            for metric in store.get_metric_history_bulk(chunk, key, max_results=100_000):
+            found = metric_history_bulk(self.client, chunk, key, max_results=100_000)
+            if found is None:  # a store without the bulk read: one request per run
+                return {run_id: self.metric_history(run_id, key) for run_id in run_ids}
+            for metric in found:
                 out[metric.run_id].append((metric.step, metric.value))
         return {run_id: sorted(values) for run_id, values in out.items()}
 

@@ -14,7 +14,8 @@ from pipeline.errors import ConfigError
 from pipeline.tracking.query import RunRecord, StoreReader, experiment_id, record_of
 from pipeline.tracking.runs import create_run, end_run
 from pipeline.tracking.secrets import redact_text
-from pipeline.tracking.store import check_reachable, check_sqlite_file, sqlite_path
+from pipeline.tracking.sqlite_file import check_sqlite_file, sqlite_path
+from pipeline.tracking.store import check_reachable
 from pipeline.tracking.writer import Writer
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.runtime import interrupt_received
+from pipeline.interrupts import interrupt_received
 from pipeline.tracking.heartbeat import last_heartbeat
 from pipeline.tracking.owner import process_dead, process_tags
 from pipeline.tracking.query import RunRecord, StoreReader

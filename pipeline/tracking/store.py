@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
+from pipeline.tracking import mlflow_internals
 from pipeline.tracking.environment import check_mlflow_environment
+from pipeline.tracking.mlflow_internals import ASYNC_QUEUE_LOGGER, STORE_ERROR_LOGGER
 from pipeline.tracking.secrets import redact_text
+from pipeline.tracking.sqlite_file import creation_lock, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -34,13 +37,6 @@ def default_uri() -> str:
 def resolve_uri(uri: str | None) -> str:
     """tracking.uri, else MLFLOW_TRACKING_URI, else the project's SQLite store."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, or None for other stores."""
-    if urlparse(uri).scheme != "sqlite":
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
 
 
 def artifact_root_for(uri: str) -> str | None:
@@ -114,7 +110,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return experiment.experiment_id
 
 
-# MLflow reads these at every request (mlflow.utils.rest_utils.http_request).
+# MLflow reads these at every HTTP request (declared in mlflow.environment_variables).
 HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 HTTP_BACKOFF = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
 HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
@@ -140,10 +136,6 @@ def bounded_http(retries: int, timeout_s: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-ASYNC_QUEUE_LOGGER = "mlflow.utils.async_logging.async_logging_queue"
-STORE_ERROR_LOGGER = "mlflow.store.db.utils"  # logs each SQL error with its traceback
 
 
 @contextmanager
@@ -176,7 +168,7 @@ def shut_down_async_logging(client: MlflowClient) -> None:
     MlflowClient has no public call for this; its store does (the one `log_batch(...,
     synchronous=False)` queued to). Without it the queue's threads outlive the command.
     """
-    client._tracking_client.store.shut_down_async_logging()
+    mlflow_internals.shut_down_async_logging(client)
 
 
 def terminate_run(client: MlflowClient, run_id: str, status: str) -> None:
@@ -187,81 +179,7 @@ def terminate_run(client: MlflowClient, run_id: str, status: str) -> None:
     already waited for this run's own queued writes, so the run's end goes to the store directly;
     other runs' writes keep flowing, and the queue is stopped once, when the tracker closes.
     """
-    from mlflow.entities import RunStatus
-    from mlflow.utils.time import get_current_time_millis
-
-    client._tracking_client.store.update_run_info(
-        run_id,
-        run_status=RunStatus.from_string(status),
-        end_time=get_current_time_millis(),
-        run_name=None,
-    )
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-LOCK_TIMEOUT_S = 300  # a migration of a large store takes a while; a dead holder frees the lock
-
-
-def check_sqlite_file(db: Path) -> None:
-    """Refuse, in one line saying how to recover, a file that is not SQLite or that someone
-    else's interrupted migration left half-done (Alembic's `_alembic_tmp_*` tables)."""
-    import sqlite3
-
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    invalid = ConfigError(
-        f"mlflow.db is not a valid SQLite database: {db}; move it away (or restore a backup), "
-        "or point tracking.uri at another store"
-    )
-    with db.open("rb") as handle:
-        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise invalid
-    try:  # a valid header over a truncated or overwritten body
-        with closing(sqlite3.connect(db)) as connection:
-            query = "SELECT name FROM sqlite_master WHERE type='table'"
-            names = connection.execute(query).fetchall()
-    except sqlite3.DatabaseError as error:
-        raise invalid from error
-    leftovers = sorted(n for (n,) in names if n.startswith("_alembic_tmp_"))
-    if leftovers:
-        raise ConfigError(
-            f"the MLflow store {db} was left half-migrated ({', '.join(leftovers)}); recover: "
-            f"drop those tables and run `mlflow db upgrade sqlite:///{db}`, or move the file away"
-        )
-
-
-def check_store_file(db: Path) -> None:
-    """Refuse an unusable store file before anything loads (validation.py). Under the creation
-    lock: another command's migration in progress is waited for, not taken for a half-done one."""
-    if db.is_file():
-        with creation_lock(f"sqlite:///{db}"):
-            pass  # the lock's holder checks the file
-
-
-@contextmanager
-def creation_lock(uri: str) -> Iterator[None]:
-    """Held while a SQLite store is created or migrated: concurrent first runs (a parallel sweep,
-    several commands at once) wait for the first instead of racing it. A lock file beside the
-    database; other stores need none (the server serialises)."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
-    from filelock import FileLock
-
-    lock = FileLock(f"{db}.lock", timeout=LOCK_TIMEOUT_S)
-    try:
-        lock.acquire()
-    except PermissionError as error:  # a read-only or immutable folder: SQLite cannot write there
-        raise ConfigError(
-            f"the MLflow store {db} cannot be written ({error.strerror} creating "
-            f"{lock.lock_file}); point tracking.uri at a writable one"
-        ) from None
-    try:
-        check_sqlite_file(db)
-        yield
-    finally:
-        lock.release()
+    mlflow_internals.end_run_at_once(client, run_id, status)
 
 
 def prepare_store(uri: str, experiment_names: list[str]) -> MlflowClient:

@@ -20,12 +20,12 @@ import os
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import SearchConfig
-from pipeline.search_records import HYPERPARAMETERS, SearchOutcome, TrialRecord
 from pipeline.tracking.metrics import MetricsBuffer, MetricsCallback
 from pipeline.tracking.owner import process_tags
 from pipeline.tracking.query import RunRecord, StoreReader
 from pipeline.tracking.runs import RunFailed, create_run, end_run, end_status, error_tag
 from pipeline.tracking.store import terminate_run
+from pipeline.tracking.trial_records import HYPERPARAMETERS, SearchOutcome, TrialRecord
 from pipeline.tracking.writer import Writer
 
 log = logging.getLogger(__name__)

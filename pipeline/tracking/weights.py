@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import BACKBONE_WEIGHTS_FILE
-from pipeline.tracking.flat import flatten
+from pipeline.tracking.params import flatten
 from pipeline.tracking.query import StoreReader
 from pipeline.tracking.runs import create_run, end_run
 from pipeline.tracking.writer import Writer

@@ -14,9 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import TrackingConfig
-from pipeline.guard import in_sweep
 from pipeline.provenance import config_hash
-from pipeline.sweep import sweep_run_id
+from pipeline.sweeps.job import in_sweep, sweep_run_id
 from pipeline.tracking import open_tracker
 
 

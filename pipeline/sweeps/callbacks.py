@@ -1,5 +1,5 @@
-"""Hydra callbacks, registered under `hydra.callbacks` in conf/config.yaml, and what a sweep's
-jobs need to know about their sweep.
+"""Hydra callbacks, registered under `hydra.callbacks` in conf/config.yaml (what a sweep's jobs
+need to know about their sweep is in job.py).
 
 Hydra instantiates callbacks for every run, single runs included: MLflow is imported only when a
 sweep starts with tracking on, so that `tracking=off` runs never load it.
@@ -14,20 +14,15 @@ import re
 import shlex
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import sweep_stop
 from pipeline.config import TrackingConfig
-from pipeline.guard import in_sweep
+from pipeline.sweeps import stop as sweep_stop
+from pipeline.sweeps.job import SWEEP_RUN_FILE, store_label
 
 log = logging.getLogger(__name__)
-
-# In the sweep's folder: which MLflow run is the sweep's, read by its jobs (whatever process or
-# host runs them: launchers share the sweep folder with their jobs).
-SWEEP_RUN_FILE = "sweep_run.json"
 
 
 class PrepareStoreBeforeSweep(Callback):
@@ -67,26 +62,6 @@ class RedactHydraOutput(Callback):
                 masked = redact_text(text)
                 if masked != text:
                     path.write_text(masked)
-
-
-def store_label(tracking: TrackingConfig) -> str:
-    """The store and experiment a run lives in (passwords masked): a job nests under its sweep's
-    run only when both are the same."""
-    from pipeline.tracking.secrets import redact_text  # pure text: imports no MLflow
-    from pipeline.tracking.store import resolve_uri
-
-    return f"{redact_text(resolve_uri(tracking.uri))} {tracking.experiment_name}"
-
-
-def sweep_run_id(tracking: TrackingConfig) -> str | None:
-    """In a sweep job: the run of its sweep in the job's own store, if the sweep made one."""
-    if not (tracking.enabled and in_sweep()):
-        return None
-    try:
-        found = json.loads((Path(HydraConfig.get().sweep.dir) / SWEEP_RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return found.get("run_id") if found.get("store") == store_label(tracking) else None
 
 
 def override_params(overrides: list[str]) -> dict[str, str]:

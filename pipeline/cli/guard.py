@@ -14,20 +14,12 @@ import os
 import sys
 from collections.abc import Callable
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-
+from pipeline.cli.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from pipeline.errors import ConfigError, TrackingLost
-from pipeline.startup import EXIT_INTERRUPTED
-from pipeline.sweep_stop import end_interrupted_job, job_slot
+from pipeline.sweeps.job import in_sweep
+from pipeline.sweeps.stop import end_interrupted_job, job_slot
 
 log = logging.getLogger(__name__)
-
-EXIT_ERROR, EXIT_CONFIG = 1, 2  # and EXIT_INTERRUPTED (130), from startup.py
-
-
-def in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def full_errors() -> bool:
@@ -51,7 +43,7 @@ def fail(message: str, code: int) -> float:
 
 def run_guarded(job: Callable[[], float]) -> float:
     """Run `job`, turning its failure into one line and an exit code."""
-    with job_slot():  # in a launcher's worker: the sweep's process can stop it (sweep_stop.py)
+    with job_slot():  # in a launcher's worker: the sweep's process can stop it (sweeps/stop.py)
         return guarded(job)
 
 

@@ -16,7 +16,6 @@ from dataclasses import fields, is_dataclass
 from typing import get_type_hints
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -24,13 +23,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import PROJECT_ROOT
+from pipeline.cli.guard import full_errors
+from pipeline.cli.hydra_internals import INFO_FLAGS, parse_command_line
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.guard import full_errors
+from pipeline.sweeps.launchers import check_launcher
 from pipeline.tracking.environment import check_mlflow_environment
-from pipeline.validation import check_config, check_launcher
-
-INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
+from pipeline.validation import check_config
 
 
 def schema_keys(full_key: str) -> list[str]:
@@ -100,7 +99,7 @@ def variants(overrides: list[str]) -> list[list[str]]:
 
 def check_composition(argv: list[str], config_name: str = "config") -> str | None:
     """None when the command line composes; else one line that says what is wrong."""
-    args = get_args_parser().parse_args(argv)
+    args = parse_command_line(argv)
     if any(getattr(args, flag, None) for flag in INFO_FLAGS):
         return None
     overrides = [o for o in args.overrides if o not in hydra_overrides(args)]

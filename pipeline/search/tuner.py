@@ -9,15 +9,14 @@ cache, pipeline/boundary.py) and only the unfrozen top is trained on it.
 
 Roles as in keras-tuner: the HyperModel builds and fits, the Tuner drives, observers watch. Tracking
 comes in as a `TrialObserver`; this module never imports mlflow. Distributed mode is keras-tuner's
-own (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT): the chief runs the oracle,
-workers run trials.
+own (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT; see roles.py): the chief
+runs the oracle, workers run trials.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,17 +30,19 @@ from keras_tuner.engine.trial import TrialStatus
 from pipeline.boundary import FrozenFeatures
 from pipeline.config import SearchConfig
 from pipeline.data import Split, batches, eval_batches
-from pipeline.errors import ConfigError, SearchError
+from pipeline.errors import SearchError
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.model import (
     StopWhenInterrupted,
     backbone_of,
     build_for_training,
     compile_classifier,
-    save_weights_atomically,
     unfreeze_top,
 )
-from pipeline.runtime import raise_if_interrupted
-from pipeline.search_records import (
+from pipeline.search.callbacks import BestWeights, FailOnNaN, best_of
+from pipeline.search.roles import role
+from pipeline.search.tuner_internals import DeclaredSpaceTuner, checkpoint_path
+from pipeline.tracking.trial_records import (
     CHECKPOINT,
     HYPERPARAMETERS,
     SearchOutcome,
@@ -50,21 +51,6 @@ from pipeline.search_records import (
 )
 
 log = logging.getLogger(__name__)
-ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
-
-
-def role() -> str:
-    """`local`, or in keras-tuner's distributed mode `chief` (runs the oracle) or `worker`."""
-    if "KERASTUNER_ORACLE_IP" not in os.environ:
-        return "local"
-    missing = [name for name in ENV if not os.environ.get(name)]
-    if missing:
-        raise ConfigError(f"distributed search: KERASTUNER_ORACLE_IP is set but not {missing}")
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
-
-
-def tuner_id() -> str:
-    return os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
 
 
 @dataclass
@@ -120,65 +106,19 @@ class TransferHyperModel(keras_tuner.HyperModel):
         )
 
 
-class FailOnNaN(keras.callbacks.Callback):
-    """A diverged trial fails (keras-tuner would score it NaN and retry it as INVALID)."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        for name in ("loss", "val_loss"):
-            value = (logs or {}).get(name)
-            if value is not None and not math.isfinite(float(value)):
-                raise keras_tuner.errors.FailedTrialError(
-                    f"{name} is {float(value)} at epoch {epoch + 1}: the trial diverged"
-                )
-
-
-class BestWeights(keras.callbacks.Callback):
-    """The whole model's weights at the objective's best epoch, across executions, saved once."""
-
-    def __init__(self, objective: keras_tuner.Objective):
-        super().__init__()
-        self.objective = objective
-        self.best: float | None = None
-        self.weights: list | None = None
-        self.whole: keras.Model | None = None  # the trial's full model (shares the fitted layers)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get(self.objective.name)
-        if value is None:
-            return
-        if self.best is None or self.objective.better_than(value, self.best):
-            self.best, self.weights = float(value), self.whole.get_weights()
-
-    def save(self, path: str) -> None:
-        if self.weights is not None:
-            self.whole.set_weights(self.weights)
-            save_weights_atomically(self.whole, path)
-
-
-def best_of(history: keras.callbacks.History, objective: keras_tuner.Objective) -> float:
-    values = history.history[objective.name]
-    return float(max(values) if objective.direction == "max" else min(values))
-
-
 def release_memory() -> None:
     """Drop the previous trial's models and graphs, so memory stays flat over many trials."""
     keras.backend.clear_session()
     gc.collect()
 
 
-class TransferTuner(keras_tuner.Tuner):
+class TransferTuner(DeclaredSpaceTuner):
     """Runs trials from the checkpoint (Hyperband: from the parent trial's) and reports them."""
 
     def __init__(self, oracle, hypermodel: TransferHyperModel, observer: TrialObserver, **kwargs):
         super().__init__(oracle, hypermodel, **kwargs)
         self.observer = observer
         self.scores: dict[str, float] = {}
-
-    def _populate_initial_space(self) -> None:
-        # The space has no conditions: declare it instead of building a model to discover it.
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
 
     def run_trial(self, trial, train: Split, val: Split):
         try:
@@ -208,7 +148,7 @@ class TransferTuner(keras_tuner.Tuner):
                     hp, model, train, val, callbacks=callbacks, epochs=epochs, initial_epoch=initial
                 )
             )
-        keeper.save(self._get_checkpoint_fname(trial.trial_id))
+        keeper.save(checkpoint_path(self, trial.trial_id))
         scores = [best_of(h, self.oracle.objective) for h in histories]
         self.scores[trial.trial_id] = sum(scores) / len(scores)
         return histories
@@ -218,7 +158,7 @@ class TransferTuner(keras_tuner.Tuner):
         parent = hp.values.get("tuner/trial_id")
         if parent is None:
             return 0
-        path = self._get_checkpoint_fname(parent)
+        path = checkpoint_path(self, parent)
         if not os.path.exists(path):  # another worker's, on a disk we cannot see
             log.warning("trial %s checkpoint not found: restarting from feature extraction", parent)
             return 0

@@ -3,7 +3,7 @@
 Locally or as the distributed chief: save the feature-extraction checkpoint, run the search in a
 `search` run (a fresh one, or the unfinished one of the same config, resumed) and return the best
 trial. As a distributed worker: attach to the chief's search run, fetch its checkpoint and run
-trials until the chief's oracle says stop. Keras Tuner lives in search.py, MLflow in
+trials until the chief's oracle says stop. Keras Tuner lives in tuner.py, MLflow in
 pipeline/tracking/ (through the Tracker Protocol only).
 """
 
@@ -26,11 +26,12 @@ from pipeline.catalog import block_count
 from pipeline.config import Config, SearchConfig
 from pipeline.data import TaskData
 from pipeline.model import build_head, save_weights_atomically, stack
-from pipeline.search import SearchSetup, require_best, role, run_search, tuner_id
-from pipeline.search_records import CHECKPOINT, HYPERPARAMETERS, TrialRecord
+from pipeline.search.roles import role, tuner_id
+from pipeline.search.tuner import SearchSetup, require_best, run_search
 from pipeline.stages import StageContext, StageResult, fine_tune
 from pipeline.tracking import Tracker
-from pipeline.tracking.flat import flatten
+from pipeline.tracking.params import flatten
+from pipeline.tracking.trial_records import CHECKPOINT, HYPERPARAMETERS, TrialRecord
 
 log = logging.getLogger(__name__)
 

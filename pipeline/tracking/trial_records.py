@@ -1,7 +1,9 @@
 """What a search produces and who watches it, in plain values: no Keras Tuner, no MLflow.
 
-The search (pipeline/search.py, the only keras_tuner importer) fills these; tracking
+The search (pipeline/search/tuner.py, the only keras_tuner importer) fills these; tracking
 (pipeline/tracking/) reads them. Keeping them here lets either side change without the other.
+They live in tracking, beside the Tracker Protocol, because tracking implements the observer and
+the search sits above tracking: the search imports this module, tracking never imports the search.
 """
 
 from __future__ import annotations

@@ -6,15 +6,15 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import PROJECT_ROOT
-from pipeline.config import register_configs
-from pipeline.guard import run_guarded
-from pipeline.resume import finished_objective
-from pipeline.runtime import (
+from pipeline.cli.guard import run_guarded
+from pipeline.cli.process import (
     configured,
     import_tensorflow_quietly,
-    interrupts_unwind,
     quiet_tensorflow_startup,
 )
+from pipeline.config import register_configs
+from pipeline.interrupts import interrupts_unwind
+from pipeline.sweeps.resume import finished_objective
 
 register_configs()
 

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 
-EXIT_INTERRUPTED = 130  # every command's exit code after Ctrl-C or SIGTERM (guard.py too)
+from pipeline.cli.exit_codes import EXIT_INTERRUPTED
+
 TERMINAL = os.dup(2)  # stderr as it was: TensorFlow's import captures fd 2 for a while
 
 

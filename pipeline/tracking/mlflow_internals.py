@@ -1,0 +1,57 @@
+"""The one place that reaches into MLflow's private API (MLflow 3.17).
+
+Each function says which public API is missing. tests/test_internals.py checks every one on a
+real store, so that an MLflow upgrade that changes one fails there, naming this module, instead
+of leaving the tool silently slower or quieter than it should be.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# Loggers of MLflow's own modules, quieted while a store fails (store.quiet_http_logs): the async
+# queue's `Failed to log run data` errors and the SQL store's tracebacks. MLflow offers no
+# setting for them; the names are its module paths.
+ASYNC_QUEUE_LOGGER = "mlflow.utils.async_logging.async_logging_queue"
+STORE_ERROR_LOGGER = "mlflow.store.db.utils"
+
+
+def tracking_store(client: MlflowClient):
+    """The store behind `client`. Missing publicly: MlflowClient exposes only its URI; the
+    global `mlflow.*` functions reach the store of the process-wide tracking URI, not this one."""
+    return client._tracking_client.store
+
+
+def shut_down_async_logging(client: MlflowClient) -> None:
+    """Write what the client's asynchronous queue still holds and stop its threads. Missing
+    publicly: `mlflow.flush_async_logging()` acts on the process-wide store and restarts the
+    threads; MlflowClient has no call for it."""
+    tracking_store(client).shut_down_async_logging()
+
+
+def end_run_at_once(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a run with `status` and the current time without stopping the asynchronous queue.
+    Missing publicly: `MlflowClient.set_terminated` shuts the whole queue down first (~0.8 s a
+    run), and `MlflowClient.update_run` leaves the end time unset."""
+    from mlflow.entities import RunStatus
+
+    tracking_store(client).update_run_info(
+        run_id,
+        run_status=RunStatus.from_string(status),
+        end_time=time.time_ns() // 1_000_000,  # milliseconds, as MLflow records them
+        run_name=None,
+    )
+
+
+def metric_history_bulk(client: MlflowClient, run_ids: list[str], key: str, max_results: int):
+    """Every logged value of `key` for up to 100 runs in one query (objects with `run_id`, `step`
+    and `value`), or None when the store cannot (a tracking server). Missing publicly:
+    `MlflowClient.get_metric_history` reads one run per request."""
+    store = tracking_store(client)
+    if not hasattr(store, "get_metric_history_bulk"):
+        return None
+    return store.get_metric_history_bulk(run_ids, key, max_results=max_results)

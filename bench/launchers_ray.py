@@ -47,6 +47,7 @@ CLUSTER_SCRIPT = PROJECT_ROOT / ".ci" / "ray-cluster"
 RESULTS = PROJECT_ROOT / "bench" / "results" / "launchers_ray.json"
 BASIC, OFF, RAY = "basic", "basic, tracking off", "ray (2 nodes)"
 SLOTS = {BASIC: 1, OFF: 1, RAY: 2}
+SHORT = {BASIC: "basic", OFF: "off", RAY: "ray"}  # experiment and sweep folder names
 RAY_ARGS = [
     "hydra/launcher=ray",
     "hydra.launcher.ray.init.address=auto",
@@ -131,7 +132,7 @@ def measure(repeats: int, jobs: int, url: str, work: Path, address: str) -> dict
     samples: dict[str, list] = {BASIC: [], OFF: [], RAY: []}
     for repeat in range(repeats):
         for variant in (BASIC, OFF, RAY):
-            experiment = f"{variant.split()[0]}-{'off' if variant == OFF else 'on'}-{repeat}"
+            experiment = f"{SHORT[variant]}-{repeat}"
             wall = sweep(variant, jobs, url, experiment, work, address)
             own = None if variant == OFF else job_seconds(url, experiment)
             if own is not None and len(own) != jobs:

@@ -28,6 +28,7 @@ register_configs()
 # A file not named here runs after these.
 LONGEST_FIRST = [
     "test_search.py",
+    "test_ray_cluster.py",
     "test_faults.py",
     "test_tracking_package.py",
     "test_launchers.py",

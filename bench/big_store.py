@@ -1,5 +1,5 @@
-"""A big study in an MLflow SQLite store, written the real way (MLflow's own client) in the pipeline's
-shape, with no training: what `bench/store_scale.py` reads.
+"""A big study in an MLflow SQLite store, written the real way (MLflow's own client) in the
+pipeline's shape, with no training: what `bench/store_scale.py` reads.
 
     python bench/big_store.py --runs 1000        # builds (or finds) the store; prints its path
 
@@ -148,7 +148,7 @@ def search(b: Builder, exp: str, parent: str, config_hash: str, rng) -> None:
         rows = curve(rng, 0.85, TRIAL_EPOCHS)
         score = max(v for k, v, _ in rows if k == "val_accuracy")
         scores.append(score)
-        b.log(trial_id, values, rows + [("best_val_accuracy", score, 0)])
+        b.log(trial_id, values, [*rows, ("best_val_accuracy", score, 0)])
         b.end(trial_id)
     best = max(range(TRIALS), key=scores.__getitem__)
     params = {"tuner": "random", "objective": "val_accuracy", "max_trials": TRIALS}

@@ -215,6 +215,18 @@ class StoreReader:
                 attach(run, {parent.run_id: found}, {})
         return found
 
+    def invocation(self, parent: RunRecord) -> ExperimentRun:
+        """One invocation with every run under it: its children, and its search's trials (a
+        query each), whatever the size of the experiment."""
+        found = ExperimentRun(parent)
+        children = self.children(parent.run_id)
+        searches = [run.run_id for run in children if run.stage == "search"]
+        trials = [t for s in searches for t in self.children(s)]
+        by_id = {run.run_id: run for run in children}
+        for run in children + trials:
+            attach(run, {parent.run_id: found}, by_id)
+        return found
+
     def parent_finished(self, run: RunRecord) -> bool:
         return run.parent_id is not None and self.run(run.parent_id).status == "FINISHED"
 

@@ -30,6 +30,7 @@ class ReportConfig:
     params: dict[str, str] = field(default_factory=dict)  # params.<key>=<value>: config values
     out: str | None = None  # None: reports/<experiment_name>
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
+    variant_figures: int = 12  # per-variant plots for the first this many variants (all: a big n)
 
 
 def parse(argv: list[str]) -> ReportConfig:
@@ -90,25 +91,23 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
         )
     histories = reader.metric_histories(stage_run_ids(invocations), "val_accuracy")
     report = build_study(invocations, histories)
-    if not report["variants"]:
+    if not report.variants:
         raise ConfigError(
             f"none of the {len(invocations)} matching run(s) FINISHED: nothing to report"
         )
-    report.update(
-        experiment=cfg.experiment_name,
-        tracking_uri=redact_text(uri),
-        filter=filter_string(cfg),
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-    )
+    report.experiment = cfg.experiment_name
+    report.tracking_uri = redact_text(uri)
+    report.filter = filter_string(cfg)
+    report.generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     folder = Path(cfg.out) if cfg.out else PROJECT_ROOT / "reports" / cfg.experiment_name
     try:
-        files = write_report(report, folder)
+        files = write_report(report, folder, cfg.variant_figures)
     except OSError as error:
         where = f"out={cfg.out}" if cfg.out else str(folder)
         problem = f"{error.strerror}: {error.filename}"
         raise ConfigError(f"{where} cannot be written: {problem}") from None
     if cfg.log_to_mlflow:
-        run_id = log_report_run(reader, files, {"report_filter": report["filter"]})
+        run_id = log_report_run(reader, files, {"report_filter": report.filter})
         print(f"logged as artifacts of run {run_id} (report/)")
     return folder, files
 

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -97,15 +98,19 @@ def time_report(uri: str, workdir: Path) -> dict:
     out = workdir / "report"
     command = [sys.executable, __file__, "--child-report", uri, str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done, peak = run_measured(command, env=env, cwd=ROOT)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"report failed: {done.stderr[-2000:]}")
     child = json.loads(done.stdout.strip().splitlines()[-1])
     html, data = out / "report.html", out / "report.json"
     return {
         "seconds": seconds,
+        "cpu_s": cpu,  # on a busy machine, nearer to a quiet machine's wall time than wall time
         "queries": child["queries"],
         "peak_rss_mib": peak,
         "html_mib": html.stat().st_size / 2**20,
@@ -201,7 +206,7 @@ def summary(size: int, backend: str, operation: str, values: list) -> dict:
     row |= {"seconds": statistics.median(seconds), "min": min(seconds), "max": max(seconds)}
     row["queries"] = values[-1][1]
     extra = values[-1][2]
-    for key in ("peak_rss_mib", "html_mib", "json_mib"):
+    for key in ("peak_rss_mib", "html_mib", "json_mib", "cpu_s"):
         if key in extra:
             row[key] = max(v[2][key] for v in values)
     return row
@@ -258,7 +263,7 @@ def backend_uri(backend: str, db: Path, server_backend: str | None, workdir: Pat
 
 
 def run(args) -> dict:
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     for size in args.sizes:
         db = big_store.store(size)
         for backend in args.backends:
@@ -274,6 +279,7 @@ def run(args) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.processor() or platform.node()}",
         "cpu_count": os.cpu_count(),
+        "load_average_1min": {"start": load, "end": os.getloadavg()[0]},  # a shared machine's
         "repeats": args.repeats,
         "versions": versions(),
         "server_backend": "postgresql" if args.server_backend else "sqlite",
@@ -285,6 +291,7 @@ def run(args) -> dict:
 
 def print_row(row: dict) -> None:
     extra = f" peak RSS {row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row else ""
+    extra += f" CPU {row['cpu_s']:.1f} s" if "cpu_s" in row else ""
     print(
         f"{row['runs']:>6} {row['backend']:<7} {row['operation']:<17} "
         f"{row['seconds']:9.4f} s  {row['queries']:>6} queries{extra}",

@@ -30,7 +30,7 @@ class ReportConfig:
     params: dict[str, str] = field(default_factory=dict)  # params.<key>=<value>: config values
     out: str | None = None  # None: reports/<experiment_name>
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
-    variant_figures: int = 12  # per-variant plots for the first this many variants (all: a big n)
+    variant_figures: int = 12  # plots and learning curves for the first this many variants
 
 
 def parse(argv: list[str]) -> ReportConfig:
@@ -76,11 +76,13 @@ def filter_string(cfg: ReportConfig) -> str:
 
 def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
     from pipeline.report.render import write_report
-    from pipeline.report.study import build_study, stage_run_ids
+    from pipeline.report.study import build_study
     from pipeline.tracking.reports import log_report_run, open_reader
     from pipeline.tracking.secrets import redact_text
     from pipeline.tracking.store import resolve_uri
 
+    if cfg.variant_figures < 0:
+        raise ConfigError(f"variant_figures={cfg.variant_figures} must be >= 0")
     uri = resolve_uri(cfg.tracking_uri)
     reader = open_reader(uri, cfg.experiment_name)
     invocations = reader.experiment_runs(filter_string(cfg))
@@ -89,8 +91,11 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
         raise ConfigError(
             f"no experiment run in {cfg.experiment_name!r}{where} matches: nothing to report"
         )
-    histories = reader.metric_histories(stage_run_ids(invocations), "val_accuracy")
-    report = build_study(invocations, histories)
+    report = build_study(
+        invocations,
+        lambda run_ids: reader.metric_histories(run_ids, "val_accuracy"),
+        cfg.variant_figures,
+    )
     if not report.variants:
         raise ConfigError(
             f"none of the {len(invocations)} matching run(s) FINISHED: nothing to report"

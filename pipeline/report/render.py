@@ -33,6 +33,10 @@ GAIN_HEADER = ["comparison", "n", "mean gain", "95 % CI (t)", "95 % CI (BCa)", "
 GAIN_HEADER.append("p (Holm)")
 
 
+GAIN_HEADER = ["comparison", "n", "mean gain", "95 % CI (t)", "95 % CI (BCa)", "wins", "p"]
+GAIN_HEADER.append("p (Holm)")
+
+
 def number(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -195,16 +199,7 @@ def context(study: Study, images: dict[str, bytes], variant_figures: int) -> dic
             for i in range(1, len(study.variants) + 1)
         },
         "stage_header": ["stage", "metric", "n", "mean", "std", "95 % CI (t)", "min", "max"],
-        "gain_header": [
-            "comparison",
-            "n",
-            "mean gain",
-            "95 % CI (t)",
-            "95 % CI (BCa)",
-            "wins",
-            "p",
-            "p (Holm)",
-        ],  # fmt: skip
+        "gain_header": GAIN_HEADER,
         "data_uri": lambda name: "data:image/png;base64," + base64.b64encode(images[name]).decode(),
     }
 

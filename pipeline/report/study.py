@@ -7,6 +7,7 @@ show the same numbers, each with the run ids behind it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -233,15 +234,21 @@ def stage_run_ids(invocations: list[ExperimentRun]) -> list[str]:
     return [rec.run_id for r in invocations for rec in r.stages.values()]
 
 
-def build_study(invocations: list[ExperimentRun], histories: dict[str, list]) -> Study:
+def build_study(
+    invocations: list[ExperimentRun], read_histories: Callable[[list[str]], dict], curves_for: int
+) -> Study:
     """Variants of the finished invocations; the others listed, with their errors.
 
-    `histories`: stage run id -> (epoch, validation accuracy) pairs, read in bulk beforehand."""
+    `read_histories(stage run ids)`: stage run id -> (epoch, validation accuracy) pairs, read in
+    bulk, and only for the first `curves_for` variants: the learning curves are drawn for those
+    alone, and reading every epoch of every run is most of the reading of a big study."""
     reproductions = [r for r in invocations if "reproduces" in r.parent.tags]
     samples = [r for r in invocations if "reproduces" not in r.parent.tags]
     finished = [r for r in samples if r.parent.status == "FINISHED"]
     groups = variants(finished)
     differing = differing_params(groups)
+    drawn = [run for group in groups[: max(curves_for, 0)] for run in group.runs]
+    histories = read_histories(stage_run_ids(drawn)) if drawn else {}
     return Study(
         excluded=[excluded(r) for r in samples if r.parent.status != "FINISHED"],
         reproductions=[reproduction(r) for r in reproductions],

@@ -18,7 +18,9 @@ from pipeline.config import STAGES
 from pipeline.tracking.owner import process_dead
 
 PARENT_ID = "mlflow.parentRunId"
-PAGE = 1000
+PAGE = 1000  # runs a search_runs request (MLflow's most)
+HISTORY_CHUNK = 100  # runs a bulk metric-history query (MLflow's most)
+HISTORY_LIMIT = 100_000  # values a bulk metric-history query returns at most
 # What an invocation returns to Hydra's sweeper: its last stage's best validation accuracy,
 # logged on its experiment run.
 OBJECTIVE = "objective"
@@ -172,9 +174,13 @@ class StoreReader:
         out: dict[str, list[tuple[int, float]]] = {run_id: [] for run_id in run_ids}
         if not hasattr(store, "get_metric_history_bulk"):
             return {run_id: self.metric_history(run_id, key) for run_id in run_ids}
-        for start in range(0, len(run_ids), 100):
-            chunk = run_ids[start : start + 100]
-            for metric in store.get_metric_history_bulk(chunk, key, max_results=100_000):
+        for start in range(0, len(run_ids), HISTORY_CHUNK):
+            chunk = run_ids[start : start + HISTORY_CHUNK]
+            found = store.get_metric_history_bulk(chunk, key, max_results=HISTORY_LIMIT)
+            if len(found) >= HISTORY_LIMIT:  # cut off at the limit: these runs one by one
+                out.update({run_id: self.metric_history(run_id, key) for run_id in chunk})
+                continue
+            for metric in found:
                 out[metric.run_id].append((metric.step, metric.value))
         return {run_id: sorted(values) for run_id, values in out.items()}
 

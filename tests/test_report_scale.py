@@ -11,6 +11,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from pipeline.report import figures
 from pipeline.report.render import write_report
 from pipeline.report.study import build_study
 from pipeline.tracking import query
@@ -151,13 +152,14 @@ def synthetic_study(variants: int, seeds: int = 3) -> list[ExperimentRun]:
     return invocations
 
 
-def test_a_study_of_sixty_variants_reads_as_a_summary_then_folded_sections(tmp_path):
+def test_a_study_of_sixty_variants_reads_as_a_summary_then_folded_sections(tmp_path, monkeypatch):
     histories = {}
 
     def read(run_ids):
         histories.update({run_id: [(e, 0.5 + e / 100) for e in range(1, 11)] for run_id in run_ids})
         return histories
 
+    monkeypatch.setattr(figures, "ROWS_PER_PAGE", 40)  # two pictures of the forest
     study = build_study(synthetic_study(60), read, 2)
     assert len(histories) == 2 * 3 * 3  # the curves of the two drawn variants only
     study.experiment, study.generated = "scale", "now"
@@ -173,6 +175,7 @@ def test_a_study_of_sixty_variants_reads_as_a_summary_then_folded_sections(tmp_p
     body = html[summary : html.index("</table>", summary)]
     assert body.count("<tr>") == 61 and 'data-v="' in body
     assert "variant_figures=60" in html and "<script>" in html
+    assert "2 pictures of up to 40 rows" in html
     # the largest fine_tune - scratch gain leads the summary and the forest
     report = json.loads((tmp_path / "report.json").read_text())
     gains = [v["gains"][1]["mean"] for v in report["variants"]]

@@ -30,7 +30,7 @@ class ReportConfig:
     params: dict[str, str] = field(default_factory=dict)  # params.<key>=<value>: config values
     out: str | None = None  # None: reports/<experiment_name>
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
-    variant_figures: int = 12  # plots and learning curves for the first this many variants
+    variant_figures: int = 6  # plots and learning curves for the first this many variants
 
 
 def parse(argv: list[str]) -> ReportConfig:

@@ -3,7 +3,7 @@ embedded) and table.tex (booktabs), the pages from Jinja2 templates (templates/)
 renders to the same bytes, but for the one `generated` line of each file.
 
 Readable at any size: a verdict first, then one summary row per variant (sortable in the HTML),
-the forest plot of gains (one row per variant, by effect, 50 rows a picture), the per-variant
+the forest plot of gains (one row per variant, by effect, 100 rows a picture), the per-variant
 sections (folded in the HTML once there are more than a few), the methods paragraph last.
 Per-variant plots are drawn for the first `variant_figures` variants only: drawing is most of a
 report's time, and hundreds of them read as nothing.
@@ -24,7 +24,7 @@ from pipeline.report.methods import statement
 from pipeline.report.records import GainRecord, Study, VariantRecord
 from pipeline.report.study import COMPARISONS
 
-VARIANT_FIGURES = 12  # per-variant plots for this many variants (variant_figures=)
+VARIANT_FIGURES = 6  # per-variant plots for this many variants (variant_figures=)
 OPEN_SECTIONS = 5  # the HTML's variant sections start unfolded in studies this small
 PRIMARY = ("fine_tune", "scratch")  # the comparison the verdict and the summary lead with
 
@@ -191,6 +191,7 @@ def context(study: Study, images: dict[str, bytes], variant_figures: int) -> dic
         "stages": [s for s in STAGES if any(s in v.stages for v in study.variants)],
         "summary": summary_rows(study, order),
         "forests": [n for n in images if n.startswith("gains_forest")],
+        "rows_per_page": figures.ROWS_PER_PAGE,
         "images": images,
         "drawn": min(variant_figures, len(study.variants)),
         "open_sections": len(study.variants) <= OPEN_SECTIONS,

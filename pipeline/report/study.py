@@ -27,7 +27,13 @@ from pipeline.report.records import (
     TrialRow,
     VariantRecord,
 )
-from pipeline.report.statistics import expected_max, holm, paired_gain, summarize
+from pipeline.report.statistics import (
+    batched_bca,
+    expected_max,
+    holm,
+    paired_gain,
+    summarize,
+)
 from pipeline.tracking.query import ExperimentRun, RunRecord, Variant, variants
 
 log = logging.getLogger(__name__)
@@ -65,18 +71,31 @@ def stage_summaries(runs: list[ExperimentRun]) -> dict[str, dict[str, StageSumma
     return out
 
 
+def comparison_pairs(runs: list[ExperimentRun], first: str, second: str) -> dict:
+    """seed -> (test accuracy of `first`, of `second`) over the runs that have both stages."""
+    key = "test_accuracy"
+    return {
+        r.seed: (r.stages[first].metrics[key], r.stages[second].metrics[key])
+        for r in runs
+        if first in r.stages and second in r.stages
+    }
+
+
+def all_differences(groups: list[Variant]) -> list[np.ndarray]:
+    """Every variant's per-seed differences of every comparison, as `paired_gain` forms them."""
+    rows = []
+    for group in groups:
+        for first, second in COMPARISONS:
+            pairs = comparison_pairs(group.runs, first, second)
+            rows.append(np.asarray([pairs[s][0] - pairs[s][1] for s in sorted(pairs)], dtype=float))
+    return rows
+
+
 def gains(runs: list[ExperimentRun]) -> tuple[list[GainRecord], list[str]]:
     """Paired gains in test accuracy, Holm-corrected together; and the comparisons absent."""
     found, absent = [], []
     for first, second in COMPARISONS:
-        pairs = {
-            r.seed: (
-                r.stages[first].metrics["test_accuracy"],
-                r.stages[second].metrics["test_accuracy"],
-            )
-            for r in runs
-            if first in r.stages and second in r.stages
-        }
+        pairs = comparison_pairs(runs, first, second)
         if not pairs:
             absent.append(f"{first} - {second}: no run of this variant has both stages")
             continue
@@ -249,8 +268,10 @@ def build_study(
     differing = differing_params(groups)
     drawn = [run for group in groups[: max(curves_for, 0)] for run in group.runs]
     histories = read_histories(stage_run_ids(drawn)) if drawn else {}
+    with batched_bca(all_differences(groups)):  # the bootstrap was most of this function's time
+        entries = [variant_entry(v, differing, histories) for v in groups]
     return Study(
         excluded=[excluded(r) for r in samples if r.parent.status != "FINISHED"],
         reproductions=[reproduction(r) for r in reproductions],
-        variants=[variant_entry(v, differing, histories) for v in groups],
+        variants=entries,
     )

@@ -7,12 +7,14 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.report import figures
+from pipeline.report import figures, statistics
 from pipeline.report.render import write_report
+from pipeline.report.statistics import batched_bca, bca_interval
 from pipeline.report.study import build_study
 from pipeline.tracking import query
 from pipeline.tracking.query import ExperimentRun, RunRecord, StoreReader, record_of
@@ -200,3 +202,15 @@ def test_the_sixty_variant_page_opens_in_chromium_without_errors(tmp_path):
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
     assert browser.stdout.count('<details id="variant-') == 60
+
+
+def test_batched_bca_intervals_equal_one_scipy_call_each():
+    rng = np.random.default_rng(3)
+    rows = [rng.normal(0.1, 0.03, n) for n in (4, 4, 5, 3, 4)] + [np.array([0.1, 0.1, 0.1])]
+    rows.append(np.array([0.2, 0.1]))  # too few seeds: no interval
+    single = [bca_interval(row) for row in rows]
+    assert single[-2:] == [None, None] and all(s is not None for s in single[:-2])
+    with batched_bca(rows):
+        assert len(statistics.batched) == 5  # computed in the batch, not one call each
+        assert [bca_interval(row) for row in rows] == single
+    assert statistics.batched == {}

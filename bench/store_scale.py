@@ -165,13 +165,14 @@ def in_process(uri: str, size: int, counter: Counter) -> dict[str, tuple[float, 
     }
 
 
-def page_open(html: str, workdir: Path) -> float:
-    """Seconds headless Chromium takes to load and lay out the page, less a blank page's."""
+def page_open(html: str, workdir: Path) -> tuple[float, float]:
+    """Seconds headless Chromium takes to start, load and lay out the page (an upper bound of
+    opening it in a running browser), and the same for a blank page (the browser's own start)."""
     import shutil
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        return math.nan
+        return math.nan, math.nan
 
     def load(url: str) -> float:
         command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
@@ -181,7 +182,7 @@ def page_open(html: str, workdir: Path) -> float:
         return time.perf_counter() - start
 
     blank = load("about:blank")
-    return load(Path(html).as_uri()) - blank
+    return load(Path(html).as_uri()), blank
 
 
 def measure(uri: str, size: int, backend: str, repeats: int, workdir: Path) -> list[dict]:
@@ -196,7 +197,8 @@ def measure(uri: str, size: int, backend: str, repeats: int, workdir: Path) -> l
             for name, (seconds, queries) in in_process(uri, size, counter).items():
                 rows.setdefault(name, []).append((seconds, queries, {}))
     if backend == "sqlite":
-        rows["page_open"] = [(page_open(report["html"], workdir), 0, {})]
+        page, blank = page_open(report["html"], workdir)
+        rows["page_open"] = [(page, 0, {"blank_page_s": blank})]
     return [summary(size, backend, name, values) for name, values in rows.items()]
 
 
@@ -206,7 +208,7 @@ def summary(size: int, backend: str, operation: str, values: list) -> dict:
     row |= {"seconds": statistics.median(seconds), "min": min(seconds), "max": max(seconds)}
     row["queries"] = values[-1][1]
     extra = values[-1][2]
-    for key in ("peak_rss_mib", "html_mib", "json_mib", "cpu_s"):
+    for key in ("peak_rss_mib", "html_mib", "json_mib", "cpu_s", "blank_page_s"):
         if key in extra:
             row[key] = max(v[2][key] for v in values)
     return row
@@ -348,6 +350,16 @@ Goals (issue 24):
 """
 
 
+def merged(old: dict, new: dict) -> dict:
+    """`new`'s rows over `old`'s (same size, backend, operation); exponents and goals again."""
+    key = ("runs", "backend", "operation")
+    fresh = {tuple(r[k] for k in key) for r in new["figures"]}
+    rows = [r for r in old["figures"] if tuple(r[k] for k in key) not in fresh] + new["figures"]
+    dates = sorted({old["date"], new["date"]})
+    out = {**new, "date": " and ".join(dates), "figures": rows}
+    return out | {"exponents": exponents(rows), "goals": goals(rows)}
+
+
 def write_page(result: dict, path: Path) -> None:
     """The docs page, every figure from the bench's JSON."""
     exps = [
@@ -386,6 +398,8 @@ def main() -> None:
     parser.add_argument("--server-backend", help="the server's backend store URI (holding the "
                         "study already); default: the SQLite file")  # fmt: skip
     parser.add_argument("--docs", type=Path, help="write the docs page from the last JSON")
+    parser.add_argument("--merge", action="store_true", help="replace only the rows measured now "
+                        "in the existing JSON")  # fmt: skip
     parser.add_argument("--child-report", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_report:
@@ -395,6 +409,8 @@ def main() -> None:
     if not set(args.backends) <= {"sqlite", "server"} or args.repeats < 1:
         parser.error("--backends takes sqlite and/or server; --repeats must be >= 1")
     result = run(args)
+    if args.merge and RESULTS.is_file():
+        result = merged(json.loads(RESULTS.read_text()), result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print_summary(result)

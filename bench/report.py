@@ -190,7 +190,7 @@ def mlflow_server(db_uri: str, workdir: Path) -> Iterator[str]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a busy 2-core machine can take minutes
         while True:
             try:
                 if requests.get(f"{url}/health", timeout=1).ok:

@@ -38,6 +38,7 @@ LONGEST_FIRST = [
     "test_interrupts.py",
     "test_sweeps.py",
     "test_report.py",
+    "test_report_scale.py",
     "test_store.py",
     "test_tracking.py",
     "test_internals.py",

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import register_configs
+from tests.clusters import pg_server, slurm_cluster  # noqa: F401  (the slow tier's daemons)
 
 CONF_DIR = PROJECT_ROOT / "conf"
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
@@ -28,6 +29,7 @@ register_configs()
 # A file not named here runs after these.
 LONGEST_FIRST = [
     "test_search.py",
+    "test_clusters.py",  # daemons (SLURM, PostgreSQL) and signalled SLURM jobs
     "test_faults.py",
     "test_tracking_package.py",
     "test_launchers.py",

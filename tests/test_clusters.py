@@ -4,6 +4,7 @@ SLURM's signals (preemption, scancel, kill) and the server and database stopped 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from tests.test_launchers import assert_two_finished_jobs, needs_submitit, sweep
 pytestmark = [pytest.mark.slow, needs_submitit]
 
 JOB_S = 600  # a sweep command of this module ends within this long (2-3 smoke jobs, 2 CPUs)
-LONG = "600"  # scratch epochs of a job long enough to be signalled mid-stage (tens of seconds)
+LONG = 600  # scratch epochs from which a job is long: signalled mid-stage (about a minute)
 
 
 def slurm_sweep(url: str, experiment: str, sweep: Path, *overrides: str) -> list[str]:
@@ -69,19 +70,34 @@ def parents(url: str, experiment: str) -> list:
     return [r for r in runs if r.data.tags.get("stage") is None]
 
 
-def running_scratch(url: str, experiment: str, epochs: str) -> dict[str, str]:
-    """{parent run id: status} of the jobs training `epochs` epochs whose scratch run is RUNNING."""
+def is_long(run) -> bool:
+    return int(run.data.params.get("train.epochs.scratch", 0)) >= LONG
+
+
+def running_long_jobs(url: str, experiment: str) -> dict[str, str]:
+    """{parent run id: its process id} of the LONG jobs whose scratch run is RUNNING."""
     client = MlflowClient(url)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return {}
     runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
-    scratch = [r for r in runs if r.data.tags.get("stage") == "scratch"]
-    return {
-        r.data.tags["mlflow.parentRunId"]: r.data.tags.get("pid", "")
-        for r in scratch
-        if r.data.params.get("train.epochs.scratch", epochs) == epochs
+    by_id = {r.info.run_id: r for r in runs}
+    training = {
+        r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags.get("stage") == "scratch"
     }
+    return {
+        run_id: by_id[run_id].data.tags["pid"]
+        for run_id in training
+        if run_id in by_id and is_long(by_id[run_id])
+    }
+
+
+def long_job_runs(url: str, experiment: str) -> list:
+    """The parent runs of the LONG jobs, oldest first."""
+    found = [
+        r for r in parents(url, experiment) if r.data.params.get("train.epochs.scratch") == LONG
+    ]
+    return sorted(found, key=lambda run: run.info.start_time)
 
 
 def wait_until(condition, what: str, timeout: float = 300) -> object:
@@ -96,13 +112,16 @@ def wait_until(condition, what: str, timeout: float = 300) -> object:
 
 
 def slurm_job_of(cluster: SlurmCluster, pid: str) -> str:
-    """The SLURM job whose step runs process `pid` (scontrol listpids: job id, pid)."""
-    listed = cluster.command("scontrol", "listpids").stdout.split("\n")[1:]
-    for line in listed:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == pid:
-            return fields[1]
-    pytest.fail(f"process {pid} is in no SLURM job: {listed}")
+    """The SLURM job whose step runs process `pid`, as scancel takes it: `<array job>_<task>`
+    (scontrol listpids gives the task's own job id, which scancel refuses for array tasks)."""
+    listed = cluster.command("scontrol", "listpids").stdout.splitlines()[1:]
+    raw = next((line.split()[1] for line in listed if line.split()[:1] == [pid]), None)
+    if raw is None:
+        pytest.fail(f"process {pid} is in no SLURM job: {listed}")
+    queued = dict(
+        line.split() for line in cluster.command("squeue", "-h", "-o", "%A %i").stdout.splitlines()
+    )
+    return queued.get(raw, raw)
 
 
 def test_a_slurm_sweep_runs_every_job_with_sbatch_nested_under_the_sweep_run(
@@ -120,3 +139,160 @@ def test_a_slurm_sweep_runs_every_job_with_sbatch_nested_under_the_sweep_run(
         assert "JobState=COMPLETED" in shown and "BatchHost=localhost" in shown, shown
     sweep, runs = sweep_and_jobs(pg_server.uri, "slurm")
     assert_two_finished_jobs(sweep, runs, sweep_dir)
+
+
+def signal_long_jobs(
+    cluster: SlurmCluster, url: str, experiment: str, count: int, *scancel: list[str]
+) -> dict[str, str]:
+    """Once `count` LONG jobs train, `scancel <flags> <job>` for each; {parent run id: job}."""
+    training = wait_until(
+        lambda: (found := running_long_jobs(url, experiment)) and len(found) >= count and found,
+        f"{count} long job(s) training",
+    )
+    time.sleep(3)  # well inside the scratch stage's epochs
+    jobs = {}
+    for (run_id, pid), flags in zip(sorted(training.items()), scancel, strict=False):
+        jobs[run_id] = slurm_job_of(cluster, pid)
+        cancelled = cluster.command("scancel", *flags, jobs[run_id])
+        assert cancelled.returncode == 0, cancelled.stderr
+    return jobs
+
+
+def release_requeued(cluster: SlurmCluster, job: str) -> None:
+    """SLURM holds a requeued job for two minutes (its BeginTime); start it now instead."""
+    held = wait_until(
+        lambda: "Reason=BeginTime" in cluster.command("scontrol", "show", "job", job).stdout,
+        f"job {job} requeued and held",
+        timeout=120,
+    )
+    assert held
+    released = cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
+    assert released.returncode == 0, released.stderr
+
+
+def test_usr2_ends_a_jobs_runs_killed_and_the_requeued_job_finishes_the_work(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    """What SLURM sends before a time limit (or a preemption with a grace time): submitit
+    checkpoints Hydra's launcher and requeues the job; the pipeline ends the runs KILLED."""
+    sweep_dir = tmp_path / "sweep"
+    args = slurm_sweep(pg_server.uri, "usr2", sweep_dir, f"train.epochs.scratch=2,{LONG}")
+    sweep = start(args)
+    try:
+        (job,) = signal_long_jobs(
+            slurm_cluster, pg_server.uri, "usr2", 1, ["--signal=USR2"]
+        ).values()
+        _, stderr = sweep.communicate(timeout=JOB_S)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr[-3000:]
+    first, again = long_job_runs(pg_server.uri, "usr2")
+    assert (first.info.status, again.info.status) == ("KILLED", "FINISHED")
+    assert first.data.tags["pid"] != again.data.tags["pid"]
+    client = MlflowClient(pg_server.uri)
+    stages = client.search_runs(
+        [first.info.experiment_id], f"tags.mlflow.parentRunId = '{first.info.run_id}'"
+    )
+    assert [run.info.status for run in stages] == ["KILLED"]
+    log = slurm_cluster.folder / "log" / "slurmctld.log"
+    assert "Requeuing JobId=" in log.read_text() or "requeue" in log.read_text().lower()
+    sweep_run, _ = sweep_and_jobs(pg_server.uri, "usr2")
+    assert sweep_run.info.status == "FINISHED"
+    wait_until(lambda: slurm_cluster.queue() == [], "squeue empty after the sweep", timeout=60)
+    assert job
+
+
+def test_scancel_ends_runs_killed_unrequeued_and_kill_leaves_an_orphan_ended_failed_by_the_rerun(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    """`scancel` (SIGTERM): the job's runs end KILLED, the job ends at once and SLURM does not
+    requeue it. `scancel --signal=KILL`: its runs stay RUNNING until another process's orphan
+    sweep ends them FAILED. Without accounting (no slurmdbd) submitit cannot tell a cancelled job
+    from a running one, so the sweep command waits: stopped (SIGTERM), it exits 130 in one line.
+    The same command again skips the finished job and runs the two others. (The long jobs come
+    first: both start at once, on the node's two CPUs.)"""
+    sweep_dir = tmp_path / "sweep"
+    args = slurm_sweep(
+        pg_server.uri, "scancel", sweep_dir, f"train.epochs.scratch={LONG},{LONG + 1},2"
+    )
+    sweep = start(args)
+    try:
+        flags = [[], ["--signal=KILL"]]
+        jobs = signal_long_jobs(slurm_cluster, pg_server.uri, "scancel", 2, *flags)
+        (terminated, term_job), (killed, _) = sorted(jobs.items())
+        client = MlflowClient(pg_server.uri)
+        wait_until(lambda: client.get_run(terminated).info.status == "KILLED", "runs KILLED")
+        wait_until(lambda: slurm_cluster.queue() == [], "the cancelled jobs gone, the short done")
+        sweep.terminate()
+        _, stderr = sweep.communicate(timeout=180)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted (signal SIGTERM)")
+    assert client.get_run(killed).info.status == "RUNNING"  # nobody could end it
+    shown = slurm_cluster.command("scontrol", "show", "job", term_job).stdout
+    assert "JobState=CANCELLED" in shown and "Restarts=0" in shown, shown
+
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipped job 2" in again.stdout + again.stderr
+    orphan = client.get_run(killed)
+    assert orphan.info.status == "FAILED"
+    assert orphan.data.tags["error"].startswith(f"orphaned: process {orphan.data.tags['pid']}")
+    runs = long_job_runs(pg_server.uri, "scancel")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED", "KILLED"]
+    short = [r for r in parents(pg_server.uri, "scancel") if not is_long(r)]
+    assert [r.info.status for r in short] == ["FINISHED"], "the finished job ran once"
+    wait_until(lambda: slurm_cluster.queue() == [], "squeue empty after the sweep", timeout=60)
+
+
+def report_json(uri: str, experiment: str, sweep_dir: Path, out: Path) -> dict:
+    """`python -m pipeline.report` over the sweep's runs read from `uri`, as JSON (less the
+    lines that name the store and the time)."""
+    command = [
+        sys.executable, "-m", "pipeline.report", f"tracking_uri={uri}",
+        f"experiment_name={experiment}", f"sweep_id={sweep_dir}", f"out={out}",
+        "log_to_mlflow=false",
+    ]  # fmt: skip
+    done = run(command)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    return {k: v for k, v in report.items() if k not in ("tracking_uri", "generated")}
+
+
+def test_the_server_and_the_database_restarted_mid_sweep_lose_nothing_logged(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    """The server stopped for 3 s, then the database: the jobs retry (tracking.http_retries) or
+    end in one line, and the same command again finishes the sweep. The report over the
+    finished sweep equals the report over the same runs read straight from PostgreSQL."""
+    sweep_dir = tmp_path / "sweep"
+    args = slurm_sweep(
+        pg_server.uri, "restart", sweep_dir, f"train.epochs.scratch={LONG},{LONG + 1}"
+    )
+    sweep = start(args)
+    try:
+        wait_until(
+            lambda: len(running_long_jobs(pg_server.uri, "restart")) == 2, "2 long jobs training"
+        )
+        pg_server.stop_server()
+        time.sleep(3)
+        pg_server.start_server()
+        time.sleep(3)
+        pg_server.stop_database()
+        time.sleep(3)
+        pg_server.start_database()
+        _, stderr = sweep.communicate(timeout=JOB_S)
+    finally:
+        sweep.kill()
+    if sweep.returncode != 0:  # a job that lost the store ended in one line: resumable
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, stderr[-3000:]
+        again = run(args)
+        assert again.returncode == 0, again.stderr[-3000:]
+    statuses = [r.info.status for r in long_job_runs(pg_server.uri, "restart")]
+    assert statuses.count("FINISHED") == 2 and "RUNNING" not in statuses, statuses
+    through_server = report_json(pg_server.uri, "restart", sweep_dir, tmp_path / "a")
+    from_database = report_json(pg_server.database_uri, "restart", sweep_dir, tmp_path / "b")
+    assert through_server == from_database
+    assert slurm_cluster.queue() == []

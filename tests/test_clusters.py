@@ -166,23 +166,12 @@ def signal_long_jobs(
     return jobs
 
 
-def release_requeued(cluster: SlurmCluster, job: str) -> None:
-    """SLURM holds a requeued job for two minutes (its BeginTime); start it now instead."""
-    held = wait_until(
-        lambda: "Reason=BeginTime" in cluster.command("scontrol", "show", "job", job).stdout,
-        f"job {job} requeued and held",
-        timeout=120,
-    )
-    assert held
-    released = cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
-    assert released.returncode == 0, released.stderr
-
-
 def test_usr2_ends_a_jobs_runs_killed_and_the_requeued_job_finishes_the_work(
     tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
 ):
     """What SLURM sends before a time limit (or a preemption with a grace time): submitit
-    checkpoints Hydra's launcher and requeues the job; the pipeline ends the runs KILLED."""
+    checkpoints Hydra's launcher and requeues the job; the pipeline ends the runs KILLED. SLURM
+    holds a requeued job two minutes (its BeginTime) before it runs again."""
     sweep_dir = tmp_path / "sweep"
     args = slurm_sweep(pg_server.uri, "usr2", sweep_dir, f"train.epochs.scratch=2,{LONG}")
     sweep = start(args)

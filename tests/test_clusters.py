@@ -62,13 +62,8 @@ def submitted(sweep: Path) -> list[str]:
 
 
 def parents(url: str, experiment: str) -> list:
-    """The experiment's jobs' parent runs (every run but the sweep's and the stages')."""
-    client = MlflowClient(url)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    runs = client.search_runs([found.experiment_id])
-    return [r for r in runs if r.data.tags.get("stage") is None]
+    """The jobs' parent runs: those nested under any sweep run of the experiment."""
+    return sweep_and_jobs_any(url, experiment)[1]
 
 
 def is_long(run) -> bool:

@@ -90,9 +90,7 @@ def running_long_jobs(url: str, experiment: str) -> dict[str, str]:
 
 def long_job_runs(url: str, experiment: str) -> list:
     """The parent runs of the LONG jobs, oldest first."""
-    found = [
-        r for r in parents(url, experiment) if r.data.params.get("train.epochs.scratch") == LONG
-    ]
+    found = [run for run in parents(url, experiment) if is_long(run)]  # params are text
     return sorted(found, key=lambda run: run.info.start_time)
 
 

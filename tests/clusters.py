@@ -12,6 +12,7 @@ tests/conftest.py imports both fixtures, so every test module can ask for them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,6 +67,25 @@ def family(pid: int) -> set[int]:
         return {pid, *(child.pid for child in process.children(recursive=True))}
     except psutil.NoSuchProcess:
         return set()
+
+
+def stop_stragglers(pids: set[int], grace: float = 10) -> None:
+    """The server's children that outlive it (MLflow's huey job consumers wind down on their
+    own, seconds later): SIGTERM, then SIGKILL after `grace` seconds."""
+    alive = []
+    for pid in pids:
+        try:
+            alive.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, still = psutil.wait_procs(alive, timeout=grace)
+    for process in still:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(still, timeout=grace)
 
 
 @dataclass
@@ -140,7 +160,8 @@ class PgTrackingServer:
         if self.server is None or self.server.poll() is not None:
             self.server = None
             return
-        self.seen |= family(self.server.pid)
+        started = family(self.server.pid)
+        self.seen |= started
         os.killpg(self.server.pid, signal.SIGTERM)
         try:
             self.server.wait(timeout=30)
@@ -148,6 +169,7 @@ class PgTrackingServer:
             os.killpg(self.server.pid, signal.SIGKILL)
             self.server.wait(timeout=30)
         self.server = None
+        stop_stragglers(started)
 
     def close(self) -> list[str]:
         """Stop both; the processes still alive, if any (there should be none)."""

@@ -18,6 +18,7 @@ from pipeline import PROJECT_ROOT
 from pipeline.cli.preflight import check_composition
 from pipeline.report import sequential
 from pipeline.sweeps import sequential_options
+from pipeline.sweeps.sequential.study import VariantStudy, verdict_record
 from pipeline.sweeps.sequential_options import SequentialOptions
 from tests.conftest import run_cli, run_cli_watching_imports
 
@@ -212,3 +213,39 @@ def test_the_joblib_launcher_runs_the_batches_in_its_workers(tmp_path, store_uri
     assert_verdicts(run, variants=1, seeds=3, settled=True)
     assert run.data.metrics["jobs_finished"] == 3
     assert list(finished_seeds(client).values()) == [[0, 1, 2]]
+
+
+def variant_study(seeds: int) -> VariantStudy:
+    from pipeline.config import TrackingConfig
+
+    hashes = {seed: f"hash{seed}" for seed in range(seeds)}
+    return VariantStudy(0, ["freeze=top1"], TrackingConfig(), "variant", hashes)
+
+
+def test_a_variant_decides_from_its_planned_seeds_only_and_names_its_verdicts():
+    study = variant_study(seeds=8)
+    gains = [0.10, 0.12, 0.11, 0.09, 0.13, 0.10, 0.12]  # seeds 0-6; "hash9" is not planned
+    finished = {
+        f"hash{seed}": {"scratch": 0.5, "feature_extraction": 0.5 + gain, "fine_tune": 0.5 + gain}
+        for seed, gain in [*enumerate(gains), (9, -0.9)]
+    }
+    del finished["hash3"]  # seed 3 never finished: it is the next to run
+    study.update(finished, SequentialOptions(batch_size=2))
+    assert study.seeds_done == [0, 1, 2, 4, 5, 6]
+    tags, metrics = verdict_record([study])
+    assert tags["verdict.0.feature_extraction-scratch"] == "positive"
+    assert tags["verdict.0.fine_tune-feature_extraction"] == "negligible"  # all 0, margin 0.01
+    assert tags["verdicts_settled"] == "true" and tags["variant.0"] == "freeze=top1"
+    assert metrics["seeds.0"] == 6
+    name = "verdict.0.fine_tune-scratch"
+    assert 0 < metrics[f"{name}.low"] < metrics[f"{name}.mean"] < metrics[f"{name}.high"]
+    assert study.next_seeds(2) == []  # settled: no more seeds
+
+    early = variant_study(seeds=8)
+    early.update(dict(list(finished.items())[:3]), SequentialOptions(batch_size=2))
+    tags, metrics = verdict_record([early])
+    assert tags["verdict.0.fine_tune-scratch"] == "open" and tags["verdicts_settled"] == "false"
+    assert "verdict.0.fine_tune-scratch.low" not in metrics  # infinite before min_seeds
+    assert early.next_seeds(2) == [3, 4]
+    early.launched.update([3, 4])
+    assert early.next_seeds(5) == [5, 6, 7]  # never past the planned seeds

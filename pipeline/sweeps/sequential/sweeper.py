@@ -76,11 +76,20 @@ class SequentialSweeper(Sweeper):
             del cfg["hydra"]
         return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
+    def seed_configs(self, overrides: list[str], seeds: list[int]) -> dict[int, dict]:
+        """Each seed's job config. A composition takes ~0.2 s: when the first two seeds' configs
+        differ only in `seed` (nothing else interpolates it), the others are derived from them."""
+        first = {seed: self.job_config([*overrides, f"seed={seed}"]) for seed in seeds[:2]}
+        base = first[seeds[0]]
+        if len(seeds) < 2 or first[seeds[1]] != {**base, "seed": seeds[1]}:
+            return {seed: self.job_config([*overrides, f"seed={seed}"]) for seed in seeds}
+        return {seed: {**base, "seed": seed} for seed in seeds}
+
     def study(self, index: int, overrides: list[str]) -> VariantStudy:
         """A variant with the config_hash of each seed it may run."""
         first = self.options.first_seed
         seeds = range(first, first + self.options.max_seeds)
-        resolved = {seed: self.job_config([*overrides, f"seed={seed}"]) for seed in seeds}
+        resolved = self.seed_configs(overrides, list(seeds))
         some = resolved[first]
         check_variant(self.options, list(some["stages"]), bool(some["tracking"]["enabled"]))
         schema = OmegaConf.structured(TrackingConfig)

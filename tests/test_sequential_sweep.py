@@ -230,20 +230,23 @@ def test_a_variant_decides_from_its_planned_seeds_only_and_names_its_verdicts():
         for seed, gain in [*enumerate(gains), (9, -0.9)]
     }
     del finished["hash3"]  # seed 3 never finished: it is the next to run
-    study.update(finished, SequentialOptions(batch_size=2))
+    options = SequentialOptions(batch_size=2)
+    study.update(finished, options)
     assert study.seeds_done == [0, 1, 2, 4, 5, 6]
-    tags, metrics = verdict_record([study])
+    tags, metrics = verdict_record([study], options)
     assert tags["verdict.0.feature_extraction-scratch"] == "positive"
     assert tags["verdict.0.fine_tune-feature_extraction"] == "negligible"  # all 0, margin 0.01
     assert tags["verdicts_settled"] == "true" and tags["variant.0"] == "freeze=top1"
+    assert tags["sequential.alpha"] == "0.05" and tags["sequential.batch_size"] == "2"
+    assert tags["sequential.comparisons"] == " ".join(COMPARISONS)
     assert metrics["seeds.0"] == 6
     name = "verdict.0.fine_tune-scratch"
     assert 0 < metrics[f"{name}.low"] < metrics[f"{name}.mean"] < metrics[f"{name}.high"]
     assert study.next_seeds(2) == []  # settled: no more seeds
 
     early = variant_study(seeds=8)
-    early.update(dict(list(finished.items())[:3]), SequentialOptions(batch_size=2))
-    tags, metrics = verdict_record([early])
+    early.update(dict(list(finished.items())[:3]), options)
+    tags, metrics = verdict_record([early], options)
     assert tags["verdict.0.fine_tune-scratch"] == "open" and tags["verdicts_settled"] == "false"
     assert "verdict.0.fine_tune-scratch.low" not in metrics  # infinite before min_seeds
     assert early.next_seeds(2) == [3, 4]

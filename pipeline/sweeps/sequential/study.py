@@ -74,11 +74,16 @@ class VariantStudy:
         )
 
 
-def verdict_record(studies: list[VariantStudy]) -> tuple[dict[str, str], dict[str, float]]:
-    """The sweep run's tags and metrics: `sequential`, `variant.<i>`, `verdict.<i>.<a>-<b>`
-    (positive|negative|negligible|open) with metrics `.low`, `.high`, `.mean` (finite ones only:
-    none before min_seeds), `seeds.<i>`, and `verdicts_settled`."""
+def verdict_record(
+    studies: list[VariantStudy], options: SequentialOptions
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The sweep run's tags and metrics: `sequential`, the options as `sequential.<key>`,
+    `variant.<i>`, `verdict.<i>.<a>-<b>` (positive|negative|negligible|open) with metrics `.low`,
+    `.high`, `.mean` (finite ones only: none before min_seeds), `seeds.<i>`, `verdicts_settled`."""
     tags = {"sequential": "true"}
+    for key, value in vars(options).items():
+        if not key.startswith("_"):
+            tags[f"sequential.{key}"] = " ".join(value) if isinstance(value, list) else str(value)
     metrics: dict[str, float] = {}
     for study in studies:
         i = study.index

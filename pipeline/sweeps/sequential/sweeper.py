@@ -148,5 +148,5 @@ class SequentialSweeper(Sweeper):
         tracking = studies[0].tracking
         run_id = sweep_run_in(sweep_dir, tracking)
         if run_id is not None:
-            tags, metrics = verdict_record(studies)
+            tags, metrics = verdict_record(studies, self.options)
             record_verdicts(tracking, run_id, tags, metrics, look)

@@ -35,7 +35,7 @@ LAYERS = [
     ["pipeline.search"],
     ["pipeline.experiment"],
     ["pipeline.cli", "pipeline.__main__"],
-    ["pipeline.report", "pipeline.reproduce"],
+    ["pipeline.report", "pipeline.reproduce", "pipeline.replicate"],
 ]
 
 # The one import that goes up, on purpose: `python -m pipeline` imports the package first, and

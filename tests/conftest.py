@@ -36,6 +36,7 @@ LONGEST_FIRST = [
     "test_backbones.py",
     "test_interrupts.py",
     "test_sweeps.py",
+    "test_replicate.py",
     "test_report.py",
     "test_store.py",
     "test_tracking.py",

@@ -88,6 +88,10 @@ def grid(found: list[StudyVariant], replaced: set[str]) -> list[str]:
         raise ConfigError(f"the variants set different keys ({labels}): not one grid")
     values = {k: list(dict.fromkeys(s[k].partition("=")[2] for s in settings)) for k in keys}
     cells = {tuple(s[k].partition("=")[2] for k in keys) for s in settings}
+    labels = "; ".join(v.label for v in found)
+    if len(found) > 1 and len(cells) < len(found) and replaced:
+        given = ", ".join(sorted(replaced))
+        raise ConfigError(f"{given}: overrides what tells the variants apart ({labels})")
     if len(cells) != len(found) or len(cells) != math.prod(len(v) for v in values.values()):
         labels = "; ".join(v.label for v in found)
         raise ConfigError(f"the variants ({labels}) are not a full grid of their settings")

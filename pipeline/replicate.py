@@ -119,8 +119,12 @@ def filtered_study(request: Request, uri: str):
     from pipeline.tracking.reports import open_reader
 
     options = request.options
-    report = ReportConfig(options.experiment_name, uri, options.sweep_id)
-    report.tags, report.params = request.tags, request.params
+    report = ReportConfig(
+        experiment_name=options.experiment_name,
+        sweep_id=options.sweep_id,
+        tags=request.tags,
+        params=request.params,
+    )
     reader = open_reader(uri, options.experiment_name)
     selected = filter_string(report)
     runs = [
@@ -182,7 +186,8 @@ def replicate(request: Request) -> int:
     sweep = replication_sweep(reader, tag, started)
     if sweep is None:
         raise ConfigError(f"no sweep run tagged replicates={tag}: was tracking off?")
-    again = rep.matched(original, sweep_study(reader, sweep), replaced, seeds)
+    own_seeds = options.seeds == "same"
+    again = rep.matched(original, sweep_study(reader, sweep), replaced, seeds, own_seeds)
     rows = rep.compare_studies(original, again, options.alpha, options.margin, options.min_seeds)
     return conclude(reader, sweep.run_id, tag, rows, request)
 

@@ -15,7 +15,14 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ConfigError
 from pipeline.replicate import main as replicate_main
-from pipeline.report.replication import grid, seeds_to_run, settings_of, study_variants
+from pipeline.report.replication import (
+    compare_studies,
+    grid,
+    matched,
+    seeds_to_run,
+    settings_of,
+    study_variants,
+)
 from pipeline.tracking.query import ExperimentRun, RunRecord
 from tests.conftest import run_cli
 
@@ -58,6 +65,33 @@ def test_variants_form_a_grid_and_seeds_same_or_new():
         grid(found, {"freeze"})
     assert seeds_to_run(found, "same") == [0, 1, 4]
     assert seeds_to_run(found, "new") == [5, 6, 7]
+
+
+def test_a_replications_runs_are_matched_to_variants_by_settings_and_seeds():
+    """With seeds=same a variant counts only its own seeds; a replication override's key is
+    left out of the match; the rows say what replicated."""
+    gain = {0: 0.05, 1: 0.0, 2: 0.05, 3: 0.05, 4: 0.05, 5: 0.05}
+    original = study_variants(
+        [invocation(s, "freeze=top1", "a", {"scratch": 0.1, "feature_extraction": 0.1 + gain[s]})
+         for s in range(5)]
+        + [invocation(s, "freeze=top2", "b", {"scratch": 0.1, "feature_extraction": 0.1})
+           for s in range(1, 6)]
+    )  # fmt: skip
+    worse = {"scratch": 0.3, "feature_extraction": 0.1}
+    again = [
+        invocation(s, f"freeze={f} lr.scratch=0.5", f"n{f}", worse)
+        for f in ("top1", "top2")
+        for s in range(6)
+    ]
+    copies = matched(original, again, {"lr.scratch"}, list(range(6)), own_seeds=True)
+    assert [c.seeds for c in copies] == [[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]]
+    assert matched(original, again, set(), list(range(6)))[0].seeds == []  # settings differ
+    rows = compare_studies(original, copies, alpha=0.3, margin=0.1, min_seeds=5)
+    statuses = {(r.variant.index, r.comparison): r.result.status for r in rows}
+    assert statuses == {
+        (0, ("feature_extraction", "scratch")): "opposite",
+        (1, ("feature_extraction", "scratch")): "different",
+    }
 
 
 def test_variants_that_are_not_a_grid_are_refused_naming_them():

@@ -110,10 +110,14 @@ def seeds_to_run(found: list[StudyVariant], mode: str) -> list[int]:
 
 
 def matched(
-    original: list[StudyVariant], runs: list[ExperimentRun], ignored: set[str], seeds: list[int]
+    original: list[StudyVariant],
+    runs: list[ExperimentRun],
+    ignored: set[str],
+    seeds: list[int],
+    own_seeds: bool = False,
 ) -> list[StudyVariant]:
     """The replication's variant of each original one (same settings but `ignored` keys), its
-    numbers kept to `seeds` (the original's own, with seeds=same)."""
+    numbers kept to `seeds`, and with `own_seeds` (seeds=same) to the original variant's own."""
     copies = [StudyVariant(v.index, v.overrides) for v in original]
     by_settings = {
         tuple(sorted(set(v.overrides) - keyed(v.overrides, ignored))): copy
@@ -122,7 +126,9 @@ def matched(
     for run in sorted(runs, key=lambda r: r.parent.start_time or 0):
         settings = settings_of(run, ignored)
         copy = by_settings.get(tuple(sorted(settings)))
-        if copy is not None and run.seed in seeds:
+        if copy is None or run.seed not in seeds:
+            continue
+        if not own_seeds or run.seed in original[copy.index].seeds:
             add_run(copy, run)
     return copies
 

@@ -8,11 +8,17 @@ the client: no training), and the pure parts (a study's variants, grid and seeds
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline import PROJECT_ROOT
 from pipeline.errors import ConfigError
 from pipeline.replicate import main as replicate_main
 from pipeline.report.replication import (
@@ -181,14 +187,15 @@ def replication_runs(client: MlflowClient, replicates: str) -> list:
 
 @pytest.mark.slow
 def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(
-    tmp_path, store_uri, capsys
+    tmp_path, store_uri, capfd
 ):
     """Five `debug=smoke` seeds, alpha 0.3, margin 0.1: feature extraction beats scratch (+0.04,
     settled positive) and fine-tuning equals feature extraction (settled negligible). Re-run with
-    the same seeds: the same numbers, every claim replicated, exit 0. Re-run with scratch trained
-    30 epochs and the head not trained (lr 0): feature extraction - scratch does not replicate,
-    exit 1 naming it. Each replication is a sweep run tagged replicates=<the study's sweep run>,
-    with its jobs nested and its verdicts as tags and artifacts."""
+    the same seeds: the same numbers, every claim replicated, exit 0. A bad override: exit 2 and no
+    new sweep run. Re-run with scratch trained 30 epochs and the head hardly trained (lr 1e-9):
+    feature extraction - scratch does not replicate, exit 1 naming it. Each replication is a sweep
+    run tagged replicates=<the study's sweep run>, with its jobs nested and its verdicts as tags
+    and artifacts."""
     study = run_cli(
         ["-m", "seed=0,1,2,3,4", "debug=smoke", f"tracking.uri={store_uri}",
          f"hydra.sweep.dir={tmp_path / 'original'}"],
@@ -201,8 +208,8 @@ def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(
     options = ["alpha=0.3", "margin=0.1", f"tracking_uri={store_uri}"]
 
     same = [sweep.info.run_id, *options, f"hydra.sweep.dir={tmp_path / 'same'}"]
-    assert replicate_main(same) == 0, capsys.readouterr().err[-3000:]
-    out = capsys.readouterr().out
+    assert replicate_main(same) == 0, capfd.readouterr().err[-3000:]
+    out = capfd.readouterr().out
     assert "replicated: 3 settled claim(s) of 3 comparison(s) hold here" in out, out
     [again] = replication_runs(client, sweep.info.run_id)
     tags = again.data.tags
@@ -222,12 +229,55 @@ def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(
     }, "the premise: smoke numbers on this machine settle these claims"
     assert all(row["equivalent"] for row in rows)  # identical numbers: within any margin
 
-    changed = ["train.epochs.scratch=30", "train.patience=30", "lr.feature_extraction=0"]
+    bad = [sweep.info.run_id, *options, "lr.feature_extraction=0"]
+    assert replicate_main(bad) == 2  # the multirun refuses it before anything runs
+    error = capfd.readouterr().err.strip().splitlines()
+    assert error[-1] == "error: lr.feature_extraction=0.0 must be > 0", error[-3:]
+    assert len(replication_runs(client, sweep.info.run_id)) == 1
+
+    changed = ["train.epochs.scratch=30", "train.patience=30", "lr.feature_extraction=1e-9"]
     changed += [f"hydra.sweep.dir={tmp_path / 'changed'}"]
     assert replicate_main([sweep.info.run_id, *options, *changed]) == 1
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    error = capfd.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: not replicated: variant 0 (debug=smoke) "), error
     assert "feature_extraction - scratch: original positive +0.040" in error, error
     latest = max(replication_runs(client, sweep.info.run_id), key=lambda r: r.info.start_time)
     assert latest.data.tags["replicated"] == "false"
     assert latest.data.tags["replication.0.feature_extraction-scratch"] != "replicated"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_replication_with_130_and_leaves_nothing_running(tmp_path, store_uri):
+    """A one-seed study (no claim to check), replicated in a real process with seeds=new; SIGTERM
+    once the replication's sweep run exists: exit 130, one line, its runs not left RUNNING."""
+    study = run_cli(
+        ["-m", "seed=0", "debug=smoke", f"tracking.uri={store_uri}",
+         f"hydra.sweep.dir={tmp_path / 'original'}"],
+        tmp_path,
+    )  # fmt: skip
+    assert study.returncode == 0, study.stderr[-3000:]
+    client = MlflowClient(store_uri)
+    experiment = client.get_experiment_by_name("transfer-lab").experiment_id
+    [sweep] = client.search_runs([experiment], "tags.stage = 'sweep'")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "pipeline.replicate", sweep.info.run_id, "seeds=new",
+               f"tracking_uri={store_uri}", f"hydra.sweep.dir={tmp_path / 'again'}"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        for _ in range(600):  # up to 60 s for the new sweep run to appear
+            if replication_runs(client, sweep.info.run_id) or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-3000:]
+    assert err.decode().strip().splitlines()[-1] == (
+        "error: interrupted; the replication's runs are marked KILLED"
+    )
+    running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    assert running == [], [r.data.tags for r in running]

@@ -45,6 +45,10 @@ def parse(argv: list[str]) -> ReportConfig:
             filters[kind][name] = value
         else:
             rest.append(argument)
+    for argument in rest:
+        key, equals, value = argument.partition("=")
+        if equals and key in ("sweep_id", "experiment_name") and not value:
+            raise ConfigError(f"{key}= is empty; allowed: a value, or leave {key} out")
     cfg = parse_options(ReportConfig, rest, "pipeline.report")
     cfg.tags.update(filters["tags"])
     cfg.params.update(filters["params"])

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
 
-from pipeline import experiment
+from pipeline import PROJECT_ROOT, experiment
 from pipeline.cli.process import configured
 from pipeline.experiment import run_experiment
 from pipeline.report import __main__ as report_cli
@@ -401,3 +405,25 @@ def test_reproducing_a_run_that_did_not_finish_is_refused_in_one_line(study, tmp
         assert error.count("\n") == 1 and f"ended {status}; allowed: a FINISHED run" in error
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     assert not client.search_runs([experiment_id], "tags.reproduces != ''")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("delay_s", [2.0, 4.0])
+def test_an_interrupted_report_is_one_line_and_130_and_leaves_no_half_folder(
+    study, tmp_path, signum, delay_s
+):
+    """SIGTERM exited 143 silently leaving an empty folder; Ctrl-C printed a long traceback."""
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "pipeline.report", f"tracking_uri={study}", f"out={out}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(delay_s)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the report finished before the signal")
+    assert process.returncode == 130, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr[-2000:]
+    assert not out.exists() or (out / "report.json").exists()

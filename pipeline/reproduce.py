@@ -11,6 +11,7 @@ deterministic runs on the same machine give), 1 otherwise. The verdict is tagged
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from omegaconf import OmegaConf
 from pipeline.cli.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from pipeline.cli.options import parse_options
 from pipeline.cli.process import (
+    ARTIFACT_PROGRESS_BAR,
     configured,
+    environment_default,
     import_tensorflow_quietly,
     quiet_tensorflow_startup,
 )
@@ -45,7 +48,8 @@ def logged_config(reader, run_id: str, uri: str, workdir: Path):
     logged URI has its secrets masked)."""
     from pipeline.tracking.reports import download
 
-    path = download(reader, run_id, "config.yaml", workdir)
+    with environment_default(ARTIFACT_PROGRESS_BAR, "false"):  # one file: no bar on stderr
+        path = download(reader, run_id, "config.yaml", workdir)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
     cfg.tracking.uri = uri
     cfg.tracking.enabled = True
@@ -95,7 +99,11 @@ def finals(invocation) -> dict[str, dict[str, float]]:
     return {stage: dict(run.metrics) for stage, run in invocation.stages.items()}
 
 
-def reproduce(run_id: str, options: ReproduceOptions) -> int:
+# Set once the new run is about to start: an interrupt before it has nothing to mark KILLED.
+RERUN_STARTED = "rerun_started"
+
+
+def reproduce(run_id: str, options: ReproduceOptions, progress: set[str]) -> int:
     import_tensorflow_quietly()
     from pipeline.experiment import run_experiment
     from pipeline.tracking.reports import open_run, tag_run
@@ -109,6 +117,7 @@ def reproduce(run_id: str, options: ReproduceOptions) -> int:
         cfg = logged_config(reader, original.run_id, uri, Path(workdir))
         tags = {"reproduces": original.run_id, "command": original.tags.get("command", "")}
         with configured(cfg):
+            progress.add(RERUN_STARTED)
             run_experiment(cfg, extra_tags=tags)
     # the new run and the original, each with its own runs only: the experiment may hold thousands
     new = reader.invocation(reader.first(f"tags.reproduces = '{original.run_id}'"))
@@ -139,8 +148,10 @@ def parse(argv: list[str]) -> tuple[str, ReproduceOptions]:
         )
     dotlist = [a for a in argv if "=" in a]
     options = parse_options(ReproduceOptions, dotlist, "pipeline.reproduce")
-    if options.tolerance < 0:
-        raise ConfigError(f"tolerance={options.tolerance} must be >= 0")
+    if not math.isfinite(options.tolerance) or options.tolerance < 0:
+        raise ConfigError(
+            f"tolerance={options.tolerance} is out of range; allowed: a finite number >= 0"
+        )
     return ids[0], options
 
 
@@ -148,15 +159,18 @@ def main(argv: list[str]) -> int:
     quiet_tensorflow_startup()
     logging.basicConfig(level=logging.WARNING)
     register_configs()
+    progress: set[str] = set()
     try:
         run_id, options = parse(argv)
         with interrupts_unwind():
-            return reproduce(run_id, options)
+            return reproduce(run_id, options, progress)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        print("error: interrupted; the new run is marked KILLED", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        reason = str(interrupt) or "Ctrl-C"
+        what = "the new run is marked KILLED" if RERUN_STARTED in progress else "nothing was run"
+        print(f"error: interrupted ({reason}); {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # the re-run failed: its runs are marked FAILED
         print(f"error: {type(error).__name__}: {error}".splitlines()[0], file=sys.stderr)

@@ -220,3 +220,61 @@ def test_sigterm_stops_a_joblib_sweep_as_a_whole(tmp_path, store_uri):
     assert sorted(run.data.tags["seed"] for run in runs["parent"]) == ["0", "1"]  # no new job
     assert {run.info.status for run in runs["parent"] + runs["scratch"]} == {"KILLED"}
     assert [run.info.status for run in runs["sweep"]] == ["KILLED"]
+
+
+def start_joblib_sweep(tmp_path: Path, store_uri: str) -> subprocess.Popen:
+    args = ["seed=0,1,2,3", "debug=smoke", f"tracking.uri={store_uri}", *LONG_SCRATCH]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}"]
+    command = [sys.executable, "-m", "pipeline", "-m", *args]
+    return subprocess.Popen(
+        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_busy_workers(process: subprocess.Popen, count: int, timeout: float = 180) -> list:
+    """The sweep's worker processes once `count` of them hold a job (still loading its data)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        folders = list(Path("/tmp").glob(f"transfer-lab-sweep-{process.pid}-*"))
+        if folders and len([p for p in folders[0].iterdir() if p.name.isdigit()]) >= count:
+            return psutil.Process(process.pid).children(recursive=True)
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"no job started: {process.communicate()[1][-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_sigterm_while_joblib_jobs_load_their_data_exits_130_promptly(tmp_path, store_uri, attempt):
+    """Once took 134 s (`jobs in [...] did not unwind in 120 s`) and printed 2-3 lines."""
+    import psutil
+
+    process = start_joblib_sweep(tmp_path, store_uri)
+    workers = wait_for_busy_workers(process, 1)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 20, "the sweep took too long to stop"
+    assert process.returncode == 130, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) == 1 and "the sweep stopped" in lines[0], stderr[-3000:]
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    runs = runs_by_stage(MlflowClient(store_uri))
+    assert all(run.info.status != "RUNNING" for group in runs.values() for run in group)
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_joblib_sweep_do_not_outlive_it(tmp_path, store_uri):
+    import psutil
+
+    process = start_joblib_sweep(tmp_path, store_uri)
+    workers = wait_for_busy_workers(process, 2)
+    process.kill()
+    process.communicate(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for worker in alive:
+        worker.kill()
+    assert alive == [], "loky workers outlived their sweep"

@@ -201,7 +201,7 @@ def test_only_a_descendant_of_the_sweeps_process_is_its_worker(tmp_path, monkeyp
     import subprocess
     import sys
 
-    check = "from pipeline import sweep_stop; print(sweep_stop.in_worker())"
+    check = "from pipeline.sweeps import stop as sweep_stop; print(sweep_stop.in_worker())"
     mine = tmp_path / f"transfer-lab-sweep-{os.getpid()}-x"  # this test's process as the sweep
     mine.mkdir()
     monkeypatch.setenv(sweep_stop.STATE, str(mine))
@@ -258,3 +258,39 @@ def test_orphan_after_s_below_three_heartbeats_is_one_line():
     assert problem is not None and problem.startswith(
         "tracking.orphan_after_s=60.0 is out of range"
     )
+
+
+@needs_submitit
+@needs_optuna
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 is out"),
+        (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0"], "timeout_min=0 is"),
+        (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=-1"], "timeout_min=-1 "),
+        (["hydra/sweeper=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is"),
+        (["hydra/sweeper=optuna", "hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials=-1 "),
+        (["hydra/sweeper=optuna", "lr.fine_tune=interval(0.1, 0.001)"], "low end above"),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc"], "n_jobs: Value 'abc'"),
+        (["hydra/sweeper=optuna", "hydra.sweeper.n_trials=abc"], "n_trials: Value 'abc'"),
+    ],
+)
+def test_launcher_and_sweeper_values_are_one_line_before_the_sweep(args, message):
+    """Each failed at the first job: a traceback, exit 1, a FAILED sweep run (issue 26)."""
+    problem = check_composition(["-m", "seed=0,1", *args])
+    assert problem is not None and message in problem and "\n" not in problem
+    assert "allowed" in problem or "could not be converted to Integer" in problem
+
+
+def test_a_bad_launcher_value_exits_2_and_logs_no_sweep_run(tmp_path, store_uri):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", "debug=smoke", f"tracking.uri={store_uri}", "hydra/launcher=joblib"]
+    for value in ("0", "abc"):
+        done = run_cli([*args, f"hydra.launcher.n_jobs={value}", f"hydra.sweep.dir={sweep}"],
+                       tmp_path, timeout=120)  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: hydra.launcher.n_jobs"), lines
+    study = MlflowClient(store_uri).get_experiment_by_name("transfer-lab")
+    assert study is None or MlflowClient(store_uri).search_runs([study.experiment_id]) == []
+    assert not sweep.exists()

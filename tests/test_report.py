@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
 
-from pipeline import experiment
+from pipeline import PROJECT_ROOT, experiment
 from pipeline.cli.process import configured
 from pipeline.experiment import run_experiment
 from pipeline.report import __main__ as report_cli
@@ -301,7 +305,7 @@ def test_reproduce_matches_then_catches_an_altered_metric(study, capsys):
     [
         ("tolerence=0.1", "tolerence is not a key of pipeline.reproduce; allowed: tolerance, "),
         ("tolerance=x", "tolerance: Value 'x' of type 'str' could not be converted to Float"),
-        ("tolerance=-1", "tolerance=-1.0 must be >= 0"),
+        ("tolerance=-1", "tolerance=-1.0 is out of range; allowed: a finite number >= 0"),
     ],
 )
 def test_reproduce_option_mistakes_are_one_line(study, capsys, option, message):
@@ -321,3 +325,105 @@ def test_the_report_lists_reproductions_apart_from_samples(study, tmp_path):
     assert [c["reproduced"] for c in checks] == ["true"]
     assert report["variants"][0]["seeds"] == list(SEEDS)  # the re-run is not a fourth sample
     assert original.info.run_id[:8] in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_tolerance_that_is_not_a_finite_number_is_refused_before_anything_runs(tmp_path, capsys):
+    """`tolerance=nan` compared nothing as equal: the whole experiment ran, then exit 1."""
+    for value in ("nan", "inf"):
+        assert reproduce_main(["0123abcd", f"tolerance={value}", "tracking_uri=sqlite:///x"]) == 2
+        error = capsys.readouterr().err
+        assert error == f"error: tolerance={value} is out of range; allowed: a finite number >= 0\n"
+
+
+def empty_file(db: Path) -> None:
+    db.write_bytes(b"")
+
+
+def unrelated_sqlite(db: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.close()
+
+
+@pytest.mark.parametrize("spoil", [empty_file, unrelated_sqlite])
+def test_readers_never_create_or_migrate_a_store(tmp_path, capfd, spoil):
+    """A 0-byte file or another program's SQLite file: MLflow made ~200 tables in it."""
+    db = tmp_path / "mlflow.db"
+    spoil(db)
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    uri = f"sqlite:///{db}"
+    assert write(uri, tmp_path / "report") == 2
+    assert reproduce_main(["0123abcd", f"tracking_uri={uri}"]) == 2
+    captured = capfd.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 2, captured.err
+    assert all(e.startswith(f"error: tracking_uri: {db} is not an MLflow store") for e in errors)
+    assert "Creating initial MLflow database tables" not in captured.out + captured.err
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+    assert not (tmp_path / "report").exists()
+
+
+def test_an_empty_sweep_id_is_refused_not_read_as_every_sweep(tmp_path, capsys):
+    assert write("sqlite:///nowhere.db", tmp_path / "report", "sweep_id=") == 2
+    error = capsys.readouterr().err
+    assert error == "error: sweep_id= is empty; allowed: a value, or leave sweep_id out\n"
+
+
+def test_report_store_errors_name_its_own_key(tmp_path, capsys):
+    """The report's key is `tracking_uri`; `tracking.uri` and `tracking=sqlite` are the
+    pipeline's."""
+    assert write("http://127.0.0.1:9", tmp_path / "report") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: tracking_uri=http://127.0.0.1:9 is unreachable"), error
+    assert "tracking.uri" not in error and "tracking=sqlite" not in error
+
+
+def test_reproduce_interrupted_before_the_rerun_starts_says_nothing_ran(monkeypatch, capsys):
+    from pipeline import reproduce
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt("signal SIGTERM")
+
+    monkeypatch.setattr(reproduce, "import_tensorflow_quietly", interrupted)
+    assert reproduce_main(["0123abcd"]) == 130
+    assert capsys.readouterr().err == "error: interrupted (signal SIGTERM); nothing was run\n"
+
+
+def test_reproducing_a_run_that_did_not_finish_is_refused_in_one_line(study, tmp_path, capsys):
+    """A KILLED or FAILED run ran in full, then every old value was `-`: refused up front."""
+    uri = copy_store(Path(study.removeprefix("sqlite:///")), tmp_path / "mlflow.db")
+    client = MlflowClient(uri)
+    parents, _ = samples(client)
+    failed = next(r for r in parents if r.info.status == "FAILED")
+    killed = next(r for r in parents if r.info.status == "FINISHED")
+    client.set_terminated(killed.info.run_id, "KILLED")
+    for run, status in ((failed, "FAILED"), (killed, "KILLED")):
+        assert reproduce_main([run.info.run_id, f"tracking_uri={uri}"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"ended {status}; allowed: a FINISHED run" in error
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert not client.search_runs([experiment_id], "tags.reproduces != ''")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("delay_s", [2.0, 4.0])
+def test_an_interrupted_report_is_one_line_and_130_and_leaves_no_half_folder(
+    study, tmp_path, signum, delay_s
+):
+    """SIGTERM exited 143 silently leaving an empty folder; Ctrl-C printed a long traceback."""
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "pipeline.report", f"tracking_uri={study}", f"out={out}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(delay_s)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the report finished before the signal")
+    assert process.returncode == 130, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr[-2000:]
+    assert not out.exists() or (out / "report.json").exists()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pipeline.cli.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from pipeline.errors import ConfigError, TrackingLost
 from pipeline.sweeps.job import in_sweep
-from pipeline.sweeps.stop import end_interrupted_job, job_slot
+from pipeline.sweeps.stop import end_interrupted_job, in_worker, job_slot
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def fail(message: str, code: int) -> float:
     SystemExit would go back to the launcher as the job's result and the worker would start the
     next job.
     """
-    print(f"error: {message}", file=sys.stderr)
+    if not (code == EXIT_INTERRUPTED and in_worker()):  # the sweep's process says it, once
+        print(f"error: {message}", file=sys.stderr)
     if in_sweep() and code != EXIT_INTERRUPTED:
         return math.nan
     if code == EXIT_INTERRUPTED and in_sweep():

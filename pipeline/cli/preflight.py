@@ -27,7 +27,7 @@ from pipeline.cli.guard import full_errors
 from pipeline.cli.hydra_internals import INFO_FLAGS, parse_command_line
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.sweeps.launchers import check_launcher
+from pipeline.sweeps.launchers import check_launcher, check_launcher_values
 from pipeline.sweeps.sequential_options import SequentialOptions, check_variant, chosen_options
 from pipeline.tracking.environment import check_mlflow_environment
 from pipeline.validation import check_config
@@ -74,10 +74,16 @@ def one_line(error: Exception) -> str:
 
 
 def sweep_values(override: Override) -> list[str]:
-    """A sweep's values; an interval's (Optuna's `interval(0.001, 0.1)`) are its two ends."""
+    """A sweep's values; an interval's (Optuna's `interval(0.001, 0.1)`) are its two ends, low
+    first."""
     if override.is_interval_sweep():
         interval = override.value()
         ends = [interval.start, interval.end]
+        if interval.start > interval.end:
+            raise ConfigError(
+                f"{override.input_line}: interval({interval.start}, {interval.end}) has its low "
+                "end above its high end; allowed: interval(low, high) with low <= high"
+            )
         return [str(end) for end in ends]
     return list(override.sweep_string_iterator())
 
@@ -108,15 +114,19 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
         candidates = variants(overrides)
     except OverrideParseException as error:
         return f"{' '.join(overrides)}: {str(error).splitlines()[0]}"
+    except ConfigError as error:
+        return str(error)
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         launcher, sweeper = "basic", None
-        if args.multirun:
+        if args.multirun or hydra_overrides(args):
             try:
                 launcher = launcher_choice([*candidates[0], *hydra_overrides(args)], config_name)
                 hydra = [*candidates[0], *hydra_overrides(args)]
                 sweeper = sweeper_options(hydra, overrides, config_name)
             except ConfigError as error:
                 return str(error)
+            launcher = launcher if args.multirun else "basic"
+            sweeper = sweeper if args.multirun else None
         tracked = False
         for candidate in candidates:
             try:
@@ -160,8 +170,9 @@ def hydra_overrides(args) -> list[str]:
 
 
 def launcher_choice(overrides: list[str], config_name: str = "config") -> str:
-    """The sweep's launcher (`hydra/launcher=...`, else the config's); ConfigError when it is not
-    installed. Other mistakes in `hydra.*` overrides are left to Hydra's own report."""
+    """The sweep's launcher (`hydra/launcher=...`, else the config's). ConfigError when it is not
+    installed, or when a `hydra.*` value does not fit the launcher's or sweeper's own schema (the
+    plugins' dataclasses: a wrong type fails composition) or its meaning (sweeps/launchers.py)."""
     try:
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as error:
@@ -172,8 +183,11 @@ def launcher_choice(overrides: list[str], config_name: str = "config") -> str:
             f"{group}={wanted} is not an option; allowed: {', '.join(error.options or [])} "
             "(submitit and ray: pip install -e '.[cluster]')"
         ) from error
-    except (ConfigCompositionException, OmegaConfBaseException):
-        return "basic"
+    except (ConfigCompositionException, OmegaConfBaseException) as error:
+        if not any(o.lstrip("+~").startswith("hydra") for o in overrides):
+            return "basic"  # a mistake outside hydra.*: the job's own composition reports it
+        raise ConfigError(one_line(error)) from None
+    check_launcher_values(cfg.hydra)
     return str(cfg.hydra.runtime.choices.get("hydra/launcher") or "basic")
 
 

@@ -10,13 +10,15 @@ with nothing written.
 
 from __future__ import annotations
 
+import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import PROJECT_ROOT
-from pipeline.cli.exit_codes import EXIT_CONFIG
+from pipeline.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED
 from pipeline.cli.options import parse_options
 from pipeline.errors import ConfigError
 
@@ -46,6 +48,10 @@ def parse(argv: list[str]) -> ReportConfig:
             filters[kind][name] = value
         else:
             rest.append(argument)
+    for argument in rest:
+        key, equals, value = argument.partition("=")
+        if equals and key in ("sweep_id", "experiment_name") and not value:
+            raise ConfigError(f"{key}= is empty; allowed: a value, or leave {key} out")
     cfg = parse_options(ReportConfig, rest, "pipeline.report")
     cfg.tags.update(filters["tags"])
     cfg.params.update(filters["params"])
@@ -105,9 +111,14 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
     report.filter = filter_string(cfg)
     report.generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     folder = Path(cfg.out) if cfg.out else PROJECT_ROOT / "reports" / cfg.experiment_name
+    existed = folder.exists()
     try:
         files = write_report(report, folder, cfg.variant_figures)
-    except OSError as error:
+    except BaseException as error:
+        if not existed:  # an interrupted or failed write leaves no half-written folder
+            shutil.rmtree(folder, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
         where = f"out={cfg.out}" if cfg.out else str(folder)
         problem = f"{error.strerror}: {error.filename}"
         raise ConfigError(f"{where} cannot be written: {problem}") from None
@@ -118,11 +129,18 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
 
 
 def main(argv: list[str]) -> int:
+    from pipeline.interrupts import interrupts_unwind
+
     try:
-        folder, files = make_report(parse(argv))
+        with interrupts_unwind():  # Ctrl-C and SIGTERM: one line, 130 (a report run ends KILLED)
+            folder, files = make_report(parse(argv))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt as interrupt:
+        reason = str(interrupt) or "Ctrl-C"
+        print(f"error: interrupted ({reason}); the report was not finished", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"report written to {folder}:")
     for path in files:
         if path.suffix != ".png":
@@ -131,4 +149,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # 143 with no line otherwise
     sys.exit(main(sys.argv[1:]))

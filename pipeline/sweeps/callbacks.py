@@ -155,10 +155,11 @@ class SweepRun(Callback):
 
     def end_early(self) -> None:
         """At exit, when the sweep stopped before on_multirun_end: its run never stays RUNNING."""
-        from pipeline.tracking.sweeps import finish_sweep_run
+        from pipeline.tracking.sweeps import end_killed_jobs, finish_sweep_run
 
         self.stop_heartbeat()
         try:
+            end_killed_jobs(self.tracking, sweep_stop.stuck_workers)
             finish_sweep_run(self.tracking, self.run_id, early=True)
         except Exception as error:  # the process is ending: say so, do not raise
             log.error("could not end sweep run %s: %s", self.run_id, error)

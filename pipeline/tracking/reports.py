@@ -14,21 +14,13 @@ from pipeline.errors import ConfigError
 from pipeline.tracking.query import RunRecord, StoreReader, experiment_id, record_of
 from pipeline.tracking.runs import create_run, end_run
 from pipeline.tracking.secrets import redact_text
-from pipeline.tracking.sqlite_file import check_sqlite_file, sqlite_path
-from pipeline.tracking.store import check_reachable
+from pipeline.tracking.store import check_readable_store
 from pipeline.tracking.writer import Writer
 
 
 def open_reader(uri: str, experiment_name: str) -> StoreReader:
     """A reader of one experiment of an existing store."""
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise ConfigError(
-            f"no MLflow store at {db}: run an experiment first, or pass tracking_uri="
-        )
-    if db is not None:
-        check_sqlite_file(db)
-    check_reachable(uri)
+    check_readable_store(uri)  # before MlflowClient, which would create the tables
     client = MlflowClient(uri)
     found = experiment_id(client, experiment_name)
     if found is None:
@@ -67,12 +59,7 @@ def open_run(uri: str, run_id: str) -> tuple[StoreReader, RunRecord]:
     """A reader of the experiment that holds `run_id`, and that run's parent (the invocation)."""
     from mlflow.exceptions import MlflowException
 
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise ConfigError(f"no MLflow store at {db}: pass tracking_uri= or set MLFLOW_TRACKING_URI")
-    if db is not None:
-        check_sqlite_file(db)
-    check_reachable(uri)
+    check_readable_store(uri)  # before MlflowClient, which would create the tables
     client = MlflowClient(uri)
     try:
         run = record_of(client.get_run(run_id))
@@ -85,4 +72,9 @@ def open_run(uri: str, run_id: str) -> tuple[StoreReader, RunRecord]:
             run = reader.run(run.parent_id)
     if not run.tags.get("config_hash"):
         raise ConfigError(f"run_id={run_id!r} is not an experiment run (no config_hash tag)")
+    if run.status != "FINISHED":  # its logged values are partial: nothing to compare with
+        raise ConfigError(
+            f"run_id={run_id!r}: experiment run {run.run_id} ended {run.status}; allowed: a "
+            "FINISHED run (re-run its command instead)"
+        )
     return reader, run

@@ -71,6 +71,42 @@ def check_sqlite_file(db: Path) -> None:
         )
 
 
+# Tables every MLflow SQLite store has once MLflow has created it (and Alembic's version table).
+MLFLOW_TABLES = ("alembic_version", "experiments", "runs")
+
+
+def check_existing_store(db: Path, key: str = "tracking_uri") -> None:
+    """Readers (report, reproduce, replicate) never create or migrate a store: refuse, in one
+    line naming `key`, a file that is missing, empty, not SQLite or not an MLflow store, looking
+    at it read-only before any MLflow client touches it (which would create its tables)."""
+    import sqlite3
+
+    if not db.is_file():
+        raise ConfigError(f"{key}: no MLflow store at {db}: run an experiment first")
+    invalid = ConfigError(
+        f"{key}: {db} is not an MLflow store (no MLflow tables in it); point {key} at one"
+    )
+    with db.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:  # an empty file too
+            raise invalid
+    try:  # read-only: nothing is written, not even a journal
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            names = {n for (n,) in connection.execute("SELECT name FROM sqlite_master")}
+            version = None
+            if "alembic_version" in names:
+                version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise invalid from error
+    if not set(MLFLOW_TABLES) <= names or not version:
+        raise invalid
+    leftovers = sorted(n for n in names if n.startswith("_alembic_tmp_"))
+    if leftovers:
+        raise ConfigError(
+            f"{key}: the MLflow store {db} was left half-migrated ({', '.join(leftovers)}); "
+            f"recover: drop those tables and run `mlflow db upgrade sqlite:///{db}`"
+        )
+
+
 def check_store_file(db: Path) -> None:
     """Refuse an unusable store file before anything loads (validation.py). Under the creation
     lock: another command's migration in progress is waited for, not taken for a half-done one."""

@@ -20,7 +20,7 @@ from pipeline.tracking import mlflow_internals
 from pipeline.tracking.environment import check_mlflow_environment
 from pipeline.tracking.mlflow_internals import ASYNC_QUEUE_LOGGER, STORE_ERROR_LOGGER
 from pipeline.tracking.secrets import redact_text
-from pipeline.tracking.sqlite_file import creation_lock, sqlite_path
+from pipeline.tracking.sqlite_file import check_existing_store, creation_lock, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -71,14 +71,25 @@ def check_reachable(uri: str) -> None:
     check_server_answers(uri)
 
 
-def check_server_answers(uri: str) -> None:
-    """Fail fast, in one line, when a tracking server does not answer (instead of long retries)."""
+def check_server_answers(uri: str, key: str = "tracking.uri") -> None:
+    """Fail fast, in one line, when a tracking server does not answer (instead of long retries).
+    `key`: the option that named the store (`tracking_uri` for the report and reproduce)."""
     error = health_failure(uri, SERVER_TIMEOUT_S)
     if error is not None:
+        other = "use tracking=sqlite" if key == "tracking.uri" else f"pass {key}=sqlite:///..."
         raise ConfigError(
-            f"tracking.uri={redact_text(uri)} is unreachable ({type(error).__name__}); "
-            "start the server (mlflow server --host 127.0.0.1 --port 5000) or use tracking=sqlite"
+            f"{key}={redact_text(uri)} is unreachable ({type(error).__name__}); "
+            f"start the server (mlflow server --host 127.0.0.1 --port 5000) or {other}"
         )
+
+
+def check_readable_store(uri: str, key: str = "tracking_uri") -> None:
+    """What a reader (report, reproduce, replicate) checks before it opens a store: a SQLite store
+    exists and is MLflow's (never created or migrated by reading); a server answers."""
+    db = sqlite_path(uri)
+    if db is not None:
+        check_existing_store(db, key)
+    check_server_answers(uri, key)
 
 
 # MLflow 3's UI opens an experiment on what its kind says: runs for model development, traces

@@ -152,3 +152,21 @@ def record_verdicts(
             client.log_batch(
                 run_id, metrics=rows[start : start + 100], tags=entries[start : start + 100]
             )
+
+
+def end_killed_jobs(cfg: TrackingConfig, pids: list[int]) -> None:
+    """End KILLED the RUNNING runs of jobs whose worker processes (`pids`, this host) were killed
+    before they could unwind (a job still loading its data when the sweep was stopped)."""
+    if not pids:
+        return
+    import socket
+
+    from pipeline.tracking.store import terminate_run
+
+    wanted = {str(pid) for pid in pids}
+    with sweep_store(cfg) as (client, experiment):
+        running = "attributes.status = 'RUNNING'"
+        for run in client.search_runs([experiment], running, max_results=1000):
+            tags = run.data.tags
+            if tags.get("pid") in wanted and tags.get("host") == socket.gethostname():
+                terminate_run(client, run.info.run_id, "KILLED")

@@ -151,7 +151,9 @@ def further(gain: GainRecord) -> str:
     """Further seeds for 80 % power of an open comparison: a count, "> 100" (beyond), or -."""
     if gain.verdict != "open":
         return "-"
-    return str(gain.further_seeds) if gain.further_seeds is not None else f"> {POWER_MAX_SEEDS}"
+    if gain.further_seeds is not None:
+        return str(gain.further_seeds)
+    return f"> {POWER_MAX_SEEDS}" if len(gain.seeds) >= 2 else "? (one seed: no sd)"
 
 
 def open_commands(variant: VariantRecord) -> list[tuple[str, int, str]]:
@@ -184,7 +186,7 @@ def settled_lines(study: Study) -> list[str]:
                 f"; {g.further_seeds} further seeds would settle it with {s.power:.0%} power at "
                 f"the observed effect: {g.further_command}"
                 if g.further_command
-                else f"; not settled within {POWER_MAX_SEEDS} seeds at the observed effect"
+                else f"; further seeds for {s.power:.0%} power: {further(g)}"
             )
         lines.append(line + ".")
     return lines

@@ -43,6 +43,7 @@ LONGEST_FIRST = [
     "test_replicate.py",
     "test_report.py",
     "test_report_scale.py",
+    "test_report_verdicts.py",
     "test_store.py",
     "test_tracking.py",
     "test_internals.py",

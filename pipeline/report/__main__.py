@@ -3,6 +3,7 @@
     python -m pipeline.report                                   # experiment transfer-lab
     python -m pipeline.report experiment_name=cats-dogs-mobilenet sweep_id=<id> out=reports/cats
     python -m pipeline.report tags.dataset=digits params.lr.fine_tune=0.001
+    python -m pipeline.report sweep_id=<id> alpha=0.05 margin=0.01 min_seeds=5   # the verdicts
 
 A mistake (an unknown key, experiment or sweep, an empty study, no store) is one line and exit 2,
 with nothing written.
@@ -33,6 +34,11 @@ class ReportConfig:
     out: str | None = None  # None: reports/<experiment_name>
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
     variant_figures: int = 6  # plots and learning curves for the first this many variants
+    # The verdicts' settings (report/verdicts.py); None: the study's sequential sweep run's, else
+    # the sweeper's defaults (0.05, 0.01, 5).
+    alpha: float | None = None
+    margin: float | None = None
+    min_seeds: int | None = None
 
 
 def parse(argv: list[str]) -> ReportConfig:
@@ -83,12 +89,14 @@ def filter_string(cfg: ReportConfig) -> str:
 def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
     from pipeline.report.render import write_report
     from pipeline.report.study import build_study
+    from pipeline.report.verdicts import apply, check_settings
     from pipeline.tracking.reports import log_report_run, open_reader
     from pipeline.tracking.secrets import redact_text
     from pipeline.tracking.store import resolve_uri
 
     if cfg.variant_figures < 0:
         raise ConfigError(f"variant_figures={cfg.variant_figures} must be >= 0")
+    check_settings(cfg.alpha, cfg.margin, cfg.min_seeds)
     uri = resolve_uri(cfg.tracking_uri)
     reader = open_reader(uri, cfg.experiment_name)
     invocations = reader.experiment_runs(filter_string(cfg))
@@ -106,6 +114,8 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
         raise ConfigError(
             f"none of the {len(invocations)} matching run(s) FINISHED: nothing to report"
         )
+    given = {"alpha": cfg.alpha, "margin": cfg.margin, "min_seeds": cfg.min_seeds}
+    apply(report, given, reader, invocations)
     report.experiment = cfg.experiment_name
     report.tracking_uri = redact_text(uri)
     report.filter = filter_string(cfg)

@@ -24,6 +24,25 @@ def pretraining_clause(study: Study) -> str:
     )
 
 
+def sequential_clause(study: Study) -> str:
+    """How the verdicts were reached: the anytime-valid method, its settings and assumption."""
+    if not any(g.verdict for v in study.variants for g in v.gains):
+        return ""
+    s = study.verdict_settings
+    return (
+        " Each comparison's verdict (positive, negative, negligible: the whole interval inside "
+        f"+/-{s.margin}, or open) comes from an anytime-valid {1 - s.alpha:.0%} interval of the "
+        f"mean paired difference over the seeds in seed order: the {s.method} (report/sequential"
+        ".py), which stays valid however often the seeds are looked at and whenever adding them "
+        f"stops; no verdict before {s.min_seeds} seeds (alpha={s.alpha}, margin={s.margin}, "
+        f"min_seeds={s.min_seeds}, from {s.source}). It assumes the per-seed differences are "
+        "independent and identically normally distributed (strong skew, such as runs that "
+        "sometimes diverge, breaks the guarantee). For an open comparison, the further seeds are "
+        f"the fewest after which {s.power:.0%} of 2,000 simulated continuations, normal at the "
+        "observed mean and sd, reach a right verdict (report/power.py)."
+    )
+
+
 def statement(study: Study) -> str:
     """What varies, how the intervals were computed, n per cell, std vs standard error."""
     cells = sorted({v.n for v in study.variants})
@@ -44,7 +63,7 @@ def statement(study: Study) -> str:
         "Holm-corrected across the comparisons of a variant. Variants with fewer than 3 seeds "
         "are flagged."
     )
-    text += pretraining_clause(study)
+    text += pretraining_clause(study) + sequential_clause(study)
     if tuners:
         text += (
             " The expected best validation score as a function of the number of trials follows "

@@ -41,8 +41,14 @@ class GainRecord:
     p_value: float | None
     run_ids: list[list[str]]
     p_holm: float | None = None
-    # A sequential (anytime-valid) verdict on the comparison, once report/sequential.py gives one.
+    # The anytime-valid verdict (report/verdicts.py): positive | negative | negligible | open,
+    # its interval (None: infinite, too few seeds), and for an open one the further seeds for
+    # 80 % power at the observed effect with the sequential sweep's command that runs them.
     verdict: str | None = None
+    anytime_low: float | None = None
+    anytime_high: float | None = None
+    further_seeds: int | None = None
+    further_command: str | None = None
 
     @property
     def name(self) -> str:
@@ -148,6 +154,18 @@ class Reproduction:
 
 
 @dataclass
+class VerdictSettings:
+    """The settings of every verdict of a report, and where they came from."""
+
+    alpha: float = 0.05
+    margin: float = 0.01
+    min_seeds: int = 5
+    source: str = "defaults"  # "options", "sweep <run id>", "options+sweep <run id>", "defaults"
+    method: str = ""  # sequential.METHOD
+    power: float = 0.8  # of the further seeds of an open comparison
+
+
+@dataclass
 class Study:
     """Everything a report shows; `statement` and `figures` are filled when it is written."""
 
@@ -160,3 +178,4 @@ class Study:
     generated: str = ""
     statement: str = ""
     figures: list[str] = field(default_factory=list)
+    verdict_settings: VerdictSettings = field(default_factory=VerdictSettings)

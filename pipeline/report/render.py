@@ -22,7 +22,9 @@ from pipeline.config import STAGES
 from pipeline.report import figures
 from pipeline.report.methods import statement
 from pipeline.report.records import GainRecord, Study, VariantRecord
+from pipeline.report.sequential import KINDS
 from pipeline.report.study import COMPARISONS
+from pipeline.report.verdicts import POWER_MAX_SEEDS
 
 VARIANT_FIGURES = 6  # per-variant plots for this many variants (variant_figures=)
 OPEN_SECTIONS = 5  # the HTML's variant sections start unfolded in studies this small
@@ -30,11 +32,7 @@ PRIMARY = ("fine_tune", "scratch")  # the comparison the verdict and the summary
 
 
 GAIN_HEADER = ["comparison", "n", "mean gain", "95 % CI (t)", "95 % CI (BCa)", "wins", "p"]
-GAIN_HEADER.append("p (Holm)")
-
-
-GAIN_HEADER = ["comparison", "n", "mean gain", "95 % CI (t)", "95 % CI (BCa)", "wins", "p"]
-GAIN_HEADER.append("p (Holm)")
+GAIN_HEADER += ["p (Holm)", "verdict", "anytime-valid CI", "further seeds"]
 
 
 def number(value, digits: int = 4) -> str:
@@ -50,7 +48,8 @@ def interval(low, high) -> str:
 
 
 def tex_escape(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+    text = text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+    return text.replace(">", "$>$")
 
 
 def comparisons(study: Study) -> list[tuple[str, str]]:
@@ -131,9 +130,66 @@ def gain_rows(variant: VariantRecord) -> list[list[str]]:
             f"{g.wins:.0%}",
             number(g.p_value, 3),
             number(g.p_holm, 3),
+            g.verdict or "-",
+            anytime(g),
+            further(g),
         ]
         for g in variant.gains
     ]
+
+
+def anytime(gain: GainRecord) -> str:
+    """The anytime-valid interval; an infinite end (too few seeds) written as such."""
+    if gain.verdict is None:
+        return "-"
+    low = "-inf" if gain.anytime_low is None else f"{gain.anytime_low:.4f}"
+    high = "inf" if gain.anytime_high is None else f"{gain.anytime_high:.4f}"
+    return f"[{low}, {high}]"
+
+
+def further(gain: GainRecord) -> str:
+    """Further seeds for 80 % power of an open comparison: a count, "> 100" (beyond), or -."""
+    if gain.verdict != "open":
+        return "-"
+    if gain.further_seeds is not None:
+        return str(gain.further_seeds)
+    return f"> {POWER_MAX_SEEDS}" if len(gain.seeds) >= 2 else "? (one seed: no sd)"
+
+
+def open_commands(variant: VariantRecord) -> list[tuple[str, int, str]]:
+    """(comparison, further seeds, command) of each open comparison that more seeds would settle."""
+    return [
+        (g.name, g.further_seeds, g.further_command)
+        for g in variant.gains
+        if g.verdict == "open" and g.further_command
+    ]
+
+
+def settled_lines(study: Study) -> list[str]:
+    """One line per comparison: its verdict (a count of verdicts over several variants)."""
+    s = study.verdict_settings
+    how = f"anytime-valid, alpha={s.alpha}, margin={s.margin}, min_seeds={s.min_seeds}"
+    lines = []
+    for comparison in comparisons(study):
+        pairs = [(v, g) for v in study.variants if (g := v.gain(*comparison)) is not None]
+        if any(g.verdict is None for _, g in pairs):  # a study not judged (verdicts.apply)
+            continue
+        name = f"{comparison[0]} - {comparison[1]}"
+        if len(pairs) > 1:
+            counts = ", ".join(f"{k} in {sum(g.verdict == k for _, g in pairs)}" for k in KINDS)
+            lines.append(f"{name}: {counts} of {len(pairs)} variants ({how}).")
+            continue
+        g = pairs[0][1]
+        line = f"{name}: {g.verdict} ({how}; interval {anytime(g)}, n = {len(g.seeds)})"
+        if g.verdict == "open":
+            line += (
+                f"; {g.further_seeds} further seeds would settle it with {s.power:.0%} power at "
+                f"the observed effect: {g.further_command}"
+                if g.further_command
+                else f"; further seeds for {s.power:.0%} power: {further(g)}"
+            )
+        lines.append(line + ".")
+    return lines
 
 
 def excluded_text(study: Study) -> str:
@@ -178,6 +234,7 @@ def environment() -> Environment:
     )
     env.filters.update(number=number, signed=signed, tex=tex_escape)
     env.globals.update(interval=interval, stage_rows=stage_rows, gain_rows=gain_rows)
+    env.globals.update(anytime=anytime, further=further, open_commands=open_commands)
     return env
 
 
@@ -186,6 +243,7 @@ def context(study: Study, images: dict[str, bytes], variant_figures: int) -> dic
     return {
         "study": study,
         "verdict": verdict(study, order),
+        "settled": settled_lines(study),
         "excluded": excluded_text(study),
         "lead": primary(study),
         "stages": [s for s in STAGES if any(s in v.stages for v in study.variants)],

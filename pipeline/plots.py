@@ -30,19 +30,37 @@ def close(figure) -> None:
     plt.close(figure)
 
 
+MARKERS = "osv^D<>"
+GREYS = ("0.0", "0.35", "0.6")
+
+
+def objective_by_rate(axis, points: list[tuple[float, int, float]], objective: str) -> None:
+    """A search's objective by learning rate, one series (marker, grey) per unfreeze depth: the
+    one drawing of this idea, in the search run's figure and in the report's.
+    `points`: (learning_rate, unfreeze_blocks, score) of each completed trial."""
+    depths = sorted({depth for _, depth, _ in points})
+    for index, depth in enumerate(depths):
+        group = [(rate, score) for rate, d, score in points if d == depth]
+        axis.scatter(
+            [rate for rate, _ in group],
+            [score for _, score in group],
+            marker=MARKERS[index % len(MARKERS)],
+            color=GREYS[index % len(GREYS)],
+            label=f"unfreeze_blocks={depth}",
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("learning_rate")
+    axis.set_ylabel(objective)
+    if depths:
+        axis.legend(fontsize="x-small")
+
+
 def search_objective(trials, objective: str):
     """A search's objective by learning rate (one series per unfreeze depth) and by depth."""
     done = [t for t in trials if t.score is not None]
     figure, (by_rate, by_depth) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for depth in sorted({t.values["unfreeze_blocks"] for t in done}):
-        group = [t for t in done if t.values["unfreeze_blocks"] == depth]
-        rates = [t.values["learning_rate"] for t in group]
-        by_rate.scatter(rates, [t.score for t in group], label=f"unfreeze_blocks={depth}")
-    by_rate.set_xscale("log")
-    by_rate.set_xlabel("learning_rate")
-    by_rate.set_ylabel(objective)
-    if done:
-        by_rate.legend(fontsize="small")
+    points = [(t.values["learning_rate"], t.values["unfreeze_blocks"], t.score) for t in done]
+    objective_by_rate(by_rate, points, objective)
     depths = [t.values["unfreeze_blocks"] for t in done]
     by_depth.scatter(
         depths,

@@ -110,8 +110,9 @@ def reproduce(run_id: str, options: ReproduceOptions) -> int:
         tags = {"reproduces": original.run_id, "command": original.tags.get("command", "")}
         with configured(cfg):
             run_experiment(cfg, extra_tags=tags)
-    new = reader.experiment_runs(f"tags.reproduces = '{original.run_id}'")[-1]
-    old = next(r for r in reader.experiment_runs() if r.parent.run_id == original.run_id)
+    # the new run and the original, each with its own runs only: the experiment may hold thousands
+    new = reader.invocation(reader.first(f"tags.reproduces = '{original.run_id}'"))
+    old = reader.invocation(original)
     rows, differing = compare(finals(old), finals(new), options.tolerance)
     print_table(original.run_id, new.parent.run_id, rows)
     verdict = "true" if not differing else "false"

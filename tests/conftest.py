@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import register_configs
+from tests.clusters import pg_server, slurm_cluster  # noqa: F401  (the slow tier's daemons)
 
 CONF_DIR = PROJECT_ROOT / "conf"
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
@@ -27,7 +28,9 @@ register_configs()
 # finished 140 s before another). pyproject.toml's `--no-loadscope-reorder` keeps this order.
 # A file not named here runs after these.
 LONGEST_FIRST = [
+    "test_clusters.py",  # daemons (SLURM, PostgreSQL) and signalled SLURM jobs
     "test_search.py",
+    "test_ray_cluster.py",
     "test_faults.py",
     "test_tracking_package.py",
     "test_launchers.py",
@@ -37,6 +40,7 @@ LONGEST_FIRST = [
     "test_interrupts.py",
     "test_sweeps.py",
     "test_report.py",
+    "test_report_scale.py",
     "test_store.py",
     "test_tracking.py",
     "test_internals.py",

@@ -195,6 +195,27 @@ def test_a_job_on_another_host_runs_as_a_plain_job_without_the_sweeps_stop_folde
     assert not (tmp_path / "transfer-lab-sweep-1-elsewhere").exists()
 
 
+def test_only_a_descendant_of_the_sweeps_process_is_its_worker(tmp_path, monkeypatch):
+    """A SLURM job on the sweep's host sees the stop folder too, but descends from slurmd, not
+    from the sweep's process: it runs as a plain job (no one would end it after an interrupt)."""
+    import subprocess
+    import sys
+
+    check = "from pipeline import sweep_stop; print(sweep_stop.in_worker())"
+    mine = tmp_path / f"transfer-lab-sweep-{os.getpid()}-x"  # this test's process as the sweep
+    mine.mkdir()
+    monkeypatch.setenv(sweep_stop.STATE, str(mine))
+    child = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert child.stdout.strip() == "True", child.stderr
+    assert not sweep_stop.in_worker()  # the sweep's process itself
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as other:
+        stranger = tmp_path / f"transfer-lab-sweep-{other.pid}-y"  # a sweep that is no ancestor
+        stranger.mkdir()
+        monkeypatch.setenv(sweep_stop.STATE, str(stranger))
+        assert not sweep_stop.in_worker()
+        other.kill()
+
+
 def test_runs_of_a_silent_process_on_another_host_end_failed_at_the_next_orphan_sweep(store_uri):
     """A cluster job killed by its scheduler: its process on another host cannot be asked, but
     its heartbeat stops. Runs of a process whose newest heartbeat is older than orphan_after_s

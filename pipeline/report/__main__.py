@@ -30,6 +30,7 @@ class ReportConfig:
     params: dict[str, str] = field(default_factory=dict)  # params.<key>=<value>: config values
     out: str | None = None  # None: reports/<experiment_name>
     log_to_mlflow: bool = True  # the files as artifacts of a `report` run
+    variant_figures: int = 6  # plots and learning curves for the first this many variants
 
 
 def parse(argv: list[str]) -> ReportConfig:
@@ -75,11 +76,13 @@ def filter_string(cfg: ReportConfig) -> str:
 
 def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
     from pipeline.report.render import write_report
-    from pipeline.report.study import build_study, stage_run_ids
+    from pipeline.report.study import build_study
     from pipeline.tracking.reports import log_report_run, open_reader
     from pipeline.tracking.secrets import redact_text
     from pipeline.tracking.store import resolve_uri
 
+    if cfg.variant_figures < 0:
+        raise ConfigError(f"variant_figures={cfg.variant_figures} must be >= 0")
     uri = resolve_uri(cfg.tracking_uri)
     reader = open_reader(uri, cfg.experiment_name)
     invocations = reader.experiment_runs(filter_string(cfg))
@@ -88,27 +91,28 @@ def make_report(cfg: ReportConfig) -> tuple[Path, list[Path]]:
         raise ConfigError(
             f"no experiment run in {cfg.experiment_name!r}{where} matches: nothing to report"
         )
-    histories = reader.metric_histories(stage_run_ids(invocations), "val_accuracy")
-    report = build_study(invocations, histories)
-    if not report["variants"]:
+    report = build_study(
+        invocations,
+        lambda run_ids: reader.metric_histories(run_ids, "val_accuracy"),
+        cfg.variant_figures,
+    )
+    if not report.variants:
         raise ConfigError(
             f"none of the {len(invocations)} matching run(s) FINISHED: nothing to report"
         )
-    report.update(
-        experiment=cfg.experiment_name,
-        tracking_uri=redact_text(uri),
-        filter=filter_string(cfg),
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-    )
+    report.experiment = cfg.experiment_name
+    report.tracking_uri = redact_text(uri)
+    report.filter = filter_string(cfg)
+    report.generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     folder = Path(cfg.out) if cfg.out else PROJECT_ROOT / "reports" / cfg.experiment_name
     try:
-        files = write_report(report, folder)
+        files = write_report(report, folder, cfg.variant_figures)
     except OSError as error:
         where = f"out={cfg.out}" if cfg.out else str(folder)
         problem = f"{error.strerror}: {error.filename}"
         raise ConfigError(f"{where} cannot be written: {problem}") from None
     if cfg.log_to_mlflow:
-        run_id = log_report_run(reader, files, {"report_filter": report["filter"]})
+        run_id = log_report_run(reader, files, {"report_filter": report.filter})
         print(f"logged as artifacts of run {run_id} (report/)")
     return folder, files
 

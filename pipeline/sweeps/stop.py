@@ -55,9 +55,23 @@ def prepare() -> Path:
 
 
 def in_worker() -> bool:
-    """Whether this process is a launcher's worker of a sweep started by `python -m pipeline -m`."""
+    """Whether this process is a launcher's worker of a sweep started by `python -m pipeline -m`:
+    a descendant of the sweep's process. A SLURM job on the sweep's own host sees the folder too
+    (sbatch exports the environment) but descends from slurmd: no one would end it, so it runs
+    as a plain job, like one on another host."""
     folder = state_folder()
-    return folder is not None and not folder.name.startswith(f"transfer-lab-sweep-{os.getpid()}-")
+    if folder is None:
+        return False
+    name = folder.name.split("-")  # transfer-lab-sweep-<pid>-<random>, made by `prepare`
+    if len(name) < 4 or not name[3].isdigit() or int(name[3]) == os.getpid():
+        return False
+    sweep_pid = int(name[3])
+    import psutil
+
+    try:
+        return any(parent.pid == sweep_pid for parent in psutil.Process().parents())
+    except psutil.Error:
+        return False
 
 
 def wait_to_be_ended() -> None:

@@ -19,7 +19,9 @@ from pipeline.tracking.mlflow_internals import metric_history_bulk
 from pipeline.tracking.owner import process_dead
 
 PARENT_ID = "mlflow.parentRunId"
-PAGE = 1000
+PAGE = 1000  # runs a search_runs request (MLflow's most)
+HISTORY_CHUNK = 100  # runs a bulk metric-history query (MLflow's most)
+HISTORY_LIMIT = 100_000  # values a bulk metric-history query returns at most
 # What an invocation returns to Hydra's sweeper: its last stage's best validation accuracy,
 # logged on its experiment run.
 OBJECTIVE = "objective"
@@ -170,11 +172,14 @@ class StoreReader:
         """(step, value) of a metric for many runs: in bulk (one query per 100 runs) where the
         store can, else one request per run."""
         out: dict[str, list[tuple[int, float]]] = {run_id: [] for run_id in run_ids}
-        for start in range(0, len(run_ids), 100):
-            chunk = run_ids[start : start + 100]
-            found = metric_history_bulk(self.client, chunk, key, max_results=100_000)
+        for start in range(0, len(run_ids), HISTORY_CHUNK):
+            chunk = run_ids[start : start + HISTORY_CHUNK]
+            found = metric_history_bulk(self.client, chunk, key, max_results=HISTORY_LIMIT)
             if found is None:  # a store without the bulk read: one request per run
                 return {run_id: self.metric_history(run_id, key) for run_id in run_ids}
+            if len(found) >= HISTORY_LIMIT:  # cut off at the limit: these runs one by one
+                out.update({run_id: self.metric_history(run_id, key) for run_id in chunk})
+                continue
             for metric in found:
                 out[metric.run_id].append((metric.step, metric.value))
         return {run_id: sorted(values) for run_id, values in out.items()}
@@ -214,6 +219,18 @@ class StoreReader:
         if OBJECTIVE not in parent.metrics:
             for run in self.children(parent.run_id, "FINISHED"):
                 attach(run, {parent.run_id: found}, {})
+        return found
+
+    def invocation(self, parent: RunRecord) -> ExperimentRun:
+        """One invocation with every run under it: its children, and its search's trials (a
+        query each), whatever the size of the experiment."""
+        found = ExperimentRun(parent)
+        children = self.children(parent.run_id)
+        searches = [run.run_id for run in children if run.stage == "search"]
+        trials = [t for s in searches for t in self.children(s)]
+        by_id = {run.run_id: run for run in children}
+        for run in children + trials:
+            attach(run, {parent.run_id: found}, by_id)
         return found
 
     def parent_finished(self, run: RunRecord) -> bool:

@@ -1,0 +1,306 @@
+"""Sweeps on real clusters: a single-host SLURM cluster (`.ci/slurm-cluster`) submitting every job
+with `sbatch`, against an `mlflow server` over a throw-away PostgreSQL database (tests/clusters.py);
+SLURM's signals (preemption, scancel, kill) and the server and database stopped mid-sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import PROJECT_ROOT
+from tests.clusters import PgTrackingServer, SlurmCluster
+from tests.test_launchers import assert_two_finished_jobs, needs_submitit, sweep_and_jobs
+
+pytestmark = [pytest.mark.slow, needs_submitit]
+
+JOB_S = 600  # a sweep command of this module ends within this long (2-3 smoke jobs, 2 CPUs)
+LONG = 600  # scratch epochs from which a job is long: signalled mid-stage (about a minute)
+
+
+def slurm_sweep(url: str, experiment: str, sweep: Path, *overrides: str) -> list[str]:
+    """`python -m pipeline -m hydra/launcher=submitit_slurm ...`: scratch-only smoke jobs (no
+    backbone to pretrain), one CPU each, patience beyond the epochs (a long job stays long)."""
+    return [
+        sys.executable, "-m", "pipeline", "-m", "hydra/launcher=submitit_slurm",
+        "hydra.launcher.timeout_min=15", "hydra.launcher.cpus_per_task=1",
+        "debug=smoke", "stages=[scratch]", "train.patience=100000",
+        f"tracking.uri={url}", f"tracking.experiment_name={experiment}",
+        f"hydra.sweep.dir={sweep}", *overrides,
+    ]  # fmt: skip
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=JOB_S
+    )
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def submitted(sweep: Path) -> list[str]:
+    """The SLURM jobs submitit submitted, `<array job>_<task>` (Hydra's launcher submits a job
+    array, one task per sweep job; submitit's folders are named by them)."""
+    folder = sweep / ".submitit"
+    named = [p.name for p in folder.iterdir()] if folder.exists() else []
+    return sorted(name for name in named if re.fullmatch(r"\d+_\d+", name))
+
+
+def parents(url: str, experiment: str) -> list:
+    """The jobs' parent runs: those nested under any sweep run of the experiment."""
+    return sweep_and_jobs_any(url, experiment)[1]
+
+
+def is_long(run) -> bool:
+    return int(run.data.params.get("train.epochs.scratch", 0)) >= LONG
+
+
+def running_long_jobs(url: str, experiment: str) -> dict[str, str]:
+    """{parent run id: its process id} of the LONG jobs whose scratch run is RUNNING."""
+    client = MlflowClient(url)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+    by_id = {r.info.run_id: r for r in runs}
+    training = {
+        r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags.get("stage") == "scratch"
+    }
+    return {
+        run_id: by_id[run_id].data.tags["pid"]
+        for run_id in training
+        if run_id in by_id and is_long(by_id[run_id])
+    }
+
+
+def long_job_runs(url: str, experiment: str) -> list:
+    """The parent runs of the LONG jobs, oldest first."""
+    found = [run for run in parents(url, experiment) if is_long(run)]  # params are text
+    return sorted(found, key=lambda run: run.info.start_time)
+
+
+def wait_until(condition, what: str, timeout: float = 300) -> object:
+    """Poll `condition` twice a second until it returns something true; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+def slurm_job_of(cluster: SlurmCluster, pid: str) -> str:
+    """The SLURM job whose step runs process `pid`, as scancel takes it: `<array job>_<task>`
+    (scontrol listpids gives the task's own job id, which scancel refuses for array tasks)."""
+    listed = cluster.command("scontrol", "listpids").stdout.splitlines()[1:]
+    raw = next((line.split()[1] for line in listed if line.split()[:1] == [pid]), None)
+    if raw is None:
+        pytest.fail(f"process {pid} is in no SLURM job: {listed}")
+    queued = dict(
+        line.split() for line in cluster.command("squeue", "-h", "-o", "%A %i").stdout.splitlines()
+    )
+    return queued.get(raw, raw)
+
+
+def test_a_slurm_sweep_runs_every_job_with_sbatch_nested_under_the_sweep_run(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    sweep_dir = tmp_path / "sweep"
+    done = run(slurm_sweep(pg_server.uri, "slurm", sweep_dir, "seed=0,1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = submitted(sweep_dir)
+    assert len(jobs) == 2
+    # A job's result comes back while SLURM still completes it (state CG): the queue empties.
+    wait_until(lambda: slurm_cluster.queue() == [], "squeue empty after the sweep", timeout=60)
+    for job in jobs:  # each a real batch job of the controller, run on its node
+        shown = slurm_cluster.command("scontrol", "show", "job", job).stdout
+        assert "JobState=COMPLETED" in shown and "BatchHost=localhost" in shown, shown
+    sweep, runs = sweep_and_jobs(pg_server.uri, "slurm")
+    assert_two_finished_jobs(sweep, runs, sweep_dir)
+
+
+KILL_9 = "kill -9"  # not scancel: the job's process killed without notice (OOM, a lost node)
+
+
+def signal_long_jobs(
+    cluster: SlurmCluster, url: str, experiment: str, count: int, *actions: list[str] | str
+) -> dict[str, str]:
+    """Once `count` LONG jobs train, `scancel <flags> <job>` for each (or KILL_9 its process);
+    {parent run id: job}."""
+    training = wait_until(
+        lambda: (found := running_long_jobs(url, experiment)) and len(found) >= count and found,
+        f"{count} long job(s) training",
+    )
+    time.sleep(3)  # well inside the scratch stage's epochs
+    jobs = {}
+    for (run_id, pid), action in zip(sorted(training.items()), actions, strict=False):
+        jobs[run_id] = slurm_job_of(cluster, pid)
+        if action == KILL_9:
+            os.kill(int(pid), signal.SIGKILL)
+            continue
+        cancelled = cluster.command("scancel", *action, jobs[run_id])
+        assert cancelled.returncode == 0, cancelled.stderr
+    return jobs
+
+
+def test_usr2_ends_a_jobs_runs_killed_and_the_requeued_job_finishes_the_work(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    """What SLURM sends before a time limit (or a preemption with a grace time): submitit
+    checkpoints Hydra's launcher and requeues the job; the pipeline ends the runs KILLED. SLURM
+    holds a requeued job two minutes (its BeginTime) before it runs again."""
+    sweep_dir = tmp_path / "sweep"
+    args = slurm_sweep(pg_server.uri, "usr2", sweep_dir, f"train.epochs.scratch=2,{LONG}")
+    sweep = start(args)
+    try:
+        (job,) = signal_long_jobs(
+            slurm_cluster, pg_server.uri, "usr2", 1, ["--signal=USR2"]
+        ).values()
+        _, stderr = sweep.communicate(timeout=JOB_S)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr[-3000:]
+    first, again = long_job_runs(pg_server.uri, "usr2")
+    assert (first.info.status, again.info.status) == ("KILLED", "FINISHED")
+    assert first.data.tags["pid"] != again.data.tags["pid"]
+    client = MlflowClient(pg_server.uri)
+    stages = client.search_runs(
+        [first.info.experiment_id], f"tags.mlflow.parentRunId = '{first.info.run_id}'"
+    )
+    assert [run.info.status for run in stages] == ["KILLED"]
+    log = slurm_cluster.folder / "log" / "slurmctld.log"
+    assert "Requeuing JobId=" in log.read_text() or "requeue" in log.read_text().lower()
+    sweep_run, _ = sweep_and_jobs(pg_server.uri, "usr2")
+    assert sweep_run.info.status == "FINISHED"
+    wait_until(lambda: slurm_cluster.queue() == [], "squeue empty after the sweep", timeout=60)
+    assert job
+
+
+def test_scancel_ends_runs_killed_unrequeued_and_kill_leaves_an_orphan_ended_failed_by_the_rerun(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    """`scancel` (SIGTERM): the job's runs end KILLED, the job ends at once and SLURM does not
+    requeue it. A job's process killed without notice (kill -9: an out-of-memory kill; Slurm's
+    `scancel --signal=KILL` is a cancel, SIGTERM first): its runs stay RUNNING until another
+    process's orphan sweep (here the sweep's, as it stops) ends them FAILED. Without accounting
+    (no slurmdbd) submitit cannot tell a cancelled job from a running one, so the sweep command
+    waits: stopped (SIGTERM), it exits 130 in one line.
+    The same command again skips the finished job and runs the two others. (The long jobs come
+    first: both start at once, on the node's two CPUs.)"""
+    sweep_dir = tmp_path / "sweep"
+    args = slurm_sweep(
+        pg_server.uri, "scancel", sweep_dir, f"train.epochs.scratch={LONG},{LONG + 1},2"
+    )
+    sweep = start(args)
+    try:
+        jobs = signal_long_jobs(slurm_cluster, pg_server.uri, "scancel", 2, [], KILL_9)
+        (terminated, term_job), (killed, _) = sorted(jobs.items())
+        client = MlflowClient(pg_server.uri)
+        wait_until(lambda: client.get_run(terminated).info.status == "KILLED", "runs KILLED")
+        wait_until(lambda: slurm_cluster.queue() == [], "the cancelled jobs gone, the short done")
+        sweep.terminate()
+        _, stderr = sweep.communicate(timeout=180)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted (signal SIGTERM)")
+    orphan = client.get_run(killed)  # ended by the sweep's process: the job's process is gone
+    assert orphan.info.status == "FAILED"
+    assert orphan.data.tags["error"].startswith(f"orphaned: process {orphan.data.tags['pid']}")
+    shown = slurm_cluster.command("scontrol", "show", "job", term_job).stdout
+    assert "JobState=CANCELLED" in shown and "Restarts=0" in shown, shown
+
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 finished, 0 failed, 1 skipped" in again.stdout  # the skip's line is in job 2's log
+    runs = long_job_runs(pg_server.uri, "scancel")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED", "KILLED"]
+    short = [r for r in parents(pg_server.uri, "scancel") if not is_long(r)]
+    assert [r.info.status for r in short] == ["FINISHED"], "the finished job ran once"
+    wait_until(lambda: slurm_cluster.queue() == [], "squeue empty after the sweep", timeout=60)
+
+
+def sweep_and_jobs_any(url: str, experiment: str) -> tuple[list, list]:
+    """The sweep runs and the jobs' parent runs nested under any of them, whatever their status."""
+    client = MlflowClient(url)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    sweeps = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    ids = {r.info.run_id for r in sweeps}
+    return sweeps, [r for r in runs if r.data.tags.get("mlflow.parentRunId") in ids]
+
+
+def report_json(uri: str, experiment: str, sweep_dir: Path, out: Path) -> dict:
+    """`python -m pipeline.report` over the sweep's runs read from `uri`, as JSON (less the
+    lines that name the store and the time)."""
+    command = [
+        sys.executable, "-m", "pipeline.report", f"tracking_uri={uri}",
+        f"experiment_name={experiment}", f"sweep_id={sweep_dir}", f"out={out}",
+        "log_to_mlflow=false",
+    ]  # fmt: skip
+    done = run(command)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    return {k: v for k, v in report.items() if k not in ("tracking_uri", "generated")}
+
+
+def test_the_server_and_the_database_restarted_mid_sweep_lose_nothing_logged(
+    tmp_path, pg_server: PgTrackingServer, slurm_cluster: SlurmCluster
+):
+    """The server stopped for 3 s, then the database: the jobs retry (tracking.http_retries) or
+    end in one line, and the same command again finishes the sweep. The report over the
+    finished sweep equals the report over the same runs read straight from PostgreSQL."""
+    sweep_dir = tmp_path / "sweep"
+    args = slurm_sweep(
+        pg_server.uri, "restart", sweep_dir, f"train.epochs.scratch={LONG},{LONG + 1}"
+    )
+    sweep = start(args)
+    try:
+        wait_until(
+            lambda: len(running_long_jobs(pg_server.uri, "restart")) == 2, "2 long jobs training"
+        )
+        pg_server.stop_server()
+        time.sleep(3)
+        pg_server.start_server()
+        time.sleep(3)
+        pg_server.stop_database()
+        time.sleep(3)
+        pg_server.start_database()
+        _, stderr = sweep.communicate(timeout=JOB_S)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr[-3000:]  # a failed job is the sweep's NaN, not its end
+    database = pg_server.database_uri  # read straight from PostgreSQL
+    _, jobs = sweep_and_jobs_any(database, "restart")
+    if any(r.info.status != "FINISHED" for r in jobs):
+        # a job that lost the store beyond its retries ended in one line: run it again
+        for job in submitted(sweep_dir):
+            errors = (sweep_dir / ".submitit" / job / f"{job}_0_log.err").read_text()
+            assert len([line for line in errors.splitlines() if line.startswith("error: ")]) <= 1
+        again = run(args)
+        assert again.returncode == 0, again.stderr[-3000:]
+    client = MlflowClient(database)
+    runs = client.search_runs([client.get_experiment_by_name("restart").experiment_id])
+    everything = [(r.info.status, r.data.tags.get("stage"), r.data.tags.get("seed")) for r in runs]
+    assert [r for r in runs if r.info.status == "RUNNING"] == [], everything
+    finished = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("stage") is None]
+    assert len(finished) == 2, everything
+    through_server = report_json(pg_server.uri, "restart", sweep_dir, tmp_path / "a")
+    from_database = report_json(pg_server.database_uri, "restart", sweep_dir, tmp_path / "b")
+    assert through_server == from_database
+    assert slurm_cluster.queue() == []

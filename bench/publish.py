@@ -55,7 +55,7 @@ def summary(path: Path) -> str:
 
 
 def owner(result: Path, names: list[str]) -> str | None:
-    """The script a result belongs to: the longest script name its `bench` or file name starts with."""
+    """The script of a result: the longest script name its `bench` (or file name) starts with."""
     label = json.loads(result.read_text()).get("bench") or result.stem
     matches = [name for name in names if label.replace("-", "_").startswith(name)]
     return max(matches, key=len) if matches else None

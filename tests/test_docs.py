@@ -1,4 +1,4 @@
-"""The guide cannot rot: its commands compose, its generated pages are current, --help names the tool.
+"""The guide cannot rot: its commands compose, its generated pages are current, --help says what.
 
 Every `python -m pipeline ...` command in a code block of README.md or docs/**/*.md is composed
 in-process with Hydra's compose API (`pipeline.cli.preflight`: every value of a sweep, the schema,
@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

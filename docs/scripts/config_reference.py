@@ -34,7 +34,7 @@ MEANINGS = {
     "dataset.channels": "1 (greyscale) or 3 (RGB)",
     "dataset.split_seed": "draws the fixed validation and test splits (not `seed`)",
     "dataset.batch_size": "batch size of every stage",
-    "backbone.source.val_fraction": "share of the source data held out for pretraining's validation",
+    "backbone.source.val_fraction": "source data held out for pretraining's validation",
     "backbone.source.epochs": "pretraining epochs",
     "backbone.source.batch_size": "pretraining batch size",
     "backbone.source.learning_rate": "pretraining learning rate",
@@ -142,10 +142,8 @@ def groups() -> list[str]:
     for folder in sorted(p for p in (ROOT / "conf").iterdir() if p.is_dir()):
         for option in sorted(folder.glob("*.yaml")):
             lines = option.read_text().splitlines()
-            first = next(
-                (line.lstrip("# ") for line in lines if line.startswith("#") and "@package" not in line),
-                "",
-            )
+            said = [line.lstrip("# ") for line in lines if line.startswith("# ")]
+            first = next((line for line in said if not line.startswith("@package")), "")
             first = first.replace("|", "\\|")
             out.append(f"| `{folder.name}` | `{option.stem}` | {first} |")
     return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -27,7 +27,8 @@ IMAGES = Path(__file__).resolve().parents[1] / "images"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--no-first-run", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-    "--window-size=1440,900", "--virtual-time-budget=8000", "--run-all-compositor-stages-before-draw",
+    "--window-size=1440,900", "--virtual-time-budget=8000",
+    "--run-all-compositor-stages-before-draw",
 ]  # fmt: skip
 
 

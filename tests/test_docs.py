@@ -157,3 +157,14 @@ def test_help_introduces_the_tool_and_points_to_the_guide():
     header = cfg.hydra.help.header
     assert header.startswith("Transfer Lab") and "docs/" in header
     assert "powered by Hydra" not in cfg.hydra.help.template.replace("${hydra.help.header}", header)
+
+
+@pytest.mark.parametrize("page", ["README.md", "CHANGELOG.md"])
+def test_the_front_pages_link_to_files_that_exist(page):
+    """mkdocs checks the guide's links; the README and the changelog live outside it."""
+    text = (PROJECT_ROOT / page).read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "no relative link found"
+    missing = [t for t in local if not (PROJECT_ROOT / t).exists()]
+    assert not missing, f"{page} links to missing files: {missing}"

@@ -47,8 +47,14 @@ def as_database_user() -> dict:
     return {"user": PG_USER, "group": PG_USER} if os.geteuid() == 0 else {}
 
 
-def leftover(pids: set[int]) -> list[str]:
-    """The processes of `pids` still alive (zombies reaped by nobody count as gone)."""
+def leftover(pids: set[int], settle: float = 10) -> list[str]:
+    """The processes of `pids` still alive after `settle` seconds (a process stopped a moment
+    ago may still be exiting; zombies reaped by nobody count as gone)."""
+    processes = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            processes.append(psutil.Process(pid))
+    psutil.wait_procs(processes, timeout=settle)
     alive = []
     for pid in pids:
         try:

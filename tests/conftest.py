@@ -39,6 +39,7 @@ LONGEST_FIRST = [
     "test_backbones.py",
     "test_interrupts.py",
     "test_sweeps.py",
+    "test_sequential_sweep.py",
     "test_report.py",
     "test_report_scale.py",
     "test_store.py",

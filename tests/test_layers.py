@@ -35,7 +35,8 @@ LAYERS = [
     ["pipeline.search"],
     ["pipeline.experiment"],
     ["pipeline.cli", "pipeline.__main__"],
-    ["pipeline.report", "pipeline.reproduce"],
+    # sweeps/sequential/ (hydra/sweeper=sequential) decides with report/sequential.py's statistics
+    ["pipeline.report", "pipeline.reproduce", "pipeline.sweeps.sequential"],
 ]
 
 # The one import that goes up, on purpose: `python -m pipeline` imports the package first, and

@@ -41,8 +41,10 @@ def multirun(argv: list[str]) -> bool:
 def main(argv: list[str]) -> None:
     """Compose and check the command line, then run Hydra's app; exits the process."""
     if multirun(argv):
+        from pipeline.sweeps.sequential_options import expose_plugin
         from pipeline.sweeps.stop import prepare
 
+        expose_plugin()  # hydra/sweeper=sequential, before Hydra lists its plugins
         prepare()
         signal.signal(signal.SIGINT, stop_sweep)
         signal.signal(signal.SIGTERM, stop_sweep)

@@ -28,6 +28,7 @@ from pipeline.cli.hydra_internals import INFO_FLAGS, parse_command_line
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.sweeps.launchers import check_launcher
+from pipeline.sweeps.sequential_options import SequentialOptions, check_variant, chosen_options
 from pipeline.tracking.environment import check_mlflow_environment
 from pipeline.validation import check_config
 
@@ -108,10 +109,12 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
     except OverrideParseException as error:
         return f"{' '.join(overrides)}: {str(error).splitlines()[0]}"
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        launcher = "basic"
+        launcher, sweeper = "basic", None
         if args.multirun:
             try:
                 launcher = launcher_choice([*candidates[0], *hydra_overrides(args)], config_name)
+                hydra = [*candidates[0], *hydra_overrides(args)]
+                sweeper = sweeper_options(hydra, overrides, config_name)
             except ConfigError as error:
                 return str(error)
         tracked = False
@@ -127,6 +130,8 @@ def check_composition(argv: list[str], config_name: str = "config") -> str | Non
             try:
                 check_config(config)
                 check_launcher(launcher, config)
+                if sweeper is not None:
+                    check_variant(sweeper, list(config.stages), config.tracking.enabled)
             except ConfigError as error:
                 return str(error)
             tracked = tracked or config.tracking.enabled
@@ -170,6 +175,18 @@ def launcher_choice(overrides: list[str], config_name: str = "config") -> str:
     except (ConfigCompositionException, OmegaConfBaseException):
         return "basic"
     return str(cfg.hydra.runtime.choices.get("hydra/launcher") or "basic")
+
+
+def sweeper_options(
+    overrides: list[str], task: list[str], config_name: str = "config"
+) -> SequentialOptions | None:
+    """hydra/sweeper=sequential's options, checked (ConfigError), else None; other sweepers and
+    other mistakes in `hydra.*` overrides are left to Hydra."""
+    try:
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    except (ConfigCompositionException, OmegaConfBaseException):
+        return None
+    return chosen_options(cfg.hydra, task)
 
 
 def exit_if_invalid(argv: list[str]) -> None:

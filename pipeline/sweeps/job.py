@@ -34,8 +34,13 @@ def sweep_run_id(tracking: TrackingConfig) -> str | None:
     """In a sweep job: the run of its sweep in the job's own store, if the sweep made one."""
     if not (tracking.enabled and in_sweep()):
         return None
+    return sweep_run_in(Path(HydraConfig.get().sweep.dir), tracking)
+
+
+def sweep_run_in(sweep_dir: Path, tracking: TrackingConfig) -> str | None:
+    """The run the SweepRun callback made for the sweep in `sweep_dir`, if it is in this store."""
     try:
-        found = json.loads((Path(HydraConfig.get().sweep.dir) / SWEEP_RUN_FILE).read_text())
+        found = json.loads((sweep_dir / SWEEP_RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
     return found.get("run_id") if found.get("store") == store_label(tracking) else None

@@ -8,13 +8,15 @@ sweep run as a `skipped_job.<job number>` tag naming that finished run, which is
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import TrackingConfig
+from pipeline.config import STAGES, TrackingConfig
 from pipeline.tracking.heartbeat import Heartbeat
 from pipeline.tracking.query import ExperimentRun, StoreReader, experiment_id, is_experiment_run
 from pipeline.tracking.runs import RunFailed, create_run, end_run
@@ -115,3 +117,38 @@ def finish_sweep_run(cfg: TrackingConfig, run_id: str, early: bool = False) -> S
             error = KeyboardInterrupt() if outcome.interrupted else stopped
         end_run(writer, run_id, error)
     return outcome
+
+
+def finished_stage_values(
+    cfg: TrackingConfig, variant_hashes: list[str], metric: str
+) -> dict[str, dict[str, dict[str, float]]]:
+    """variant_hash -> config_hash -> {stage: the run's `<stage>_<metric>`}, from the FINISHED
+    experiment runs of these variants (the latest run of a configuration): one paged query per
+    variant (the sequential sweeper's look at its results)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    with sweep_store(cfg) as (client, experiment):
+        reader = StoreReader(client, [experiment])
+        for variant in variant_hashes:
+            found = out.setdefault(variant, {})
+            query = f"tags.variant_hash = '{variant}' and attributes.status = 'FINISHED'"
+            for run in reader.runs(query):  # newest first: the latest run of a config wins
+                digest = run.tags.get("config_hash", "")
+                if is_experiment_run(run) and digest not in found:
+                    keys = {stage: f"{stage}_{metric}" for stage in STAGES}
+                    found[digest] = {s: run.metrics[k] for s, k in keys.items() if k in run.metrics}
+    return out
+
+
+def record_verdicts(
+    cfg: TrackingConfig, run_id: str, tags: dict[str, str], metrics: dict[str, float], step: int
+) -> None:
+    """The sequential sweeper's verdicts on its sweep run, after every look (`step`): tags and
+    metrics in batches of 100 (MLflow's limit of tags per batch), written before it goes on."""
+    with sweep_store(cfg) as (client, _):
+        now_ms = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now_ms, step) for k, v in metrics.items()]
+        entries = [RunTag(k, str(v)) for k, v in redact_tree(tags).items()]
+        for start in range(0, max(len(rows), len(entries)), 100):
+            client.log_batch(
+                run_id, metrics=rows[start : start + 100], tags=entries[start : start + 100]
+            )

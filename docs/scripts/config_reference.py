@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 PAGE = ROOT / "docs" / "reference" / "configuration.md"
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from pipeline import config as schema  # noqa: E402
 
 # Keys whose field has no comment in the schema: their meaning here, kept short.
@@ -139,13 +141,32 @@ def rows(cls: type, prefix: str) -> list[str]:
 def groups() -> list[str]:
     """Each config group of conf/ with its options and the first comment line of each."""
     out = ["## Config groups", "", "| group | option | what it is |", "|---|---|---|"]
-    for folder in sorted(p for p in (ROOT / "conf").iterdir() if p.is_dir()):
+    for folder in sorted({p.parent for p in (ROOT / "conf").rglob("*/*.yaml")}):
         for option in sorted(folder.glob("*.yaml")):
             lines = option.read_text().splitlines()
             said = [line.lstrip("# ") for line in lines if line.startswith("# ")]
             first = next((line for line in said if not line.startswith("@package")), "")
             first = first.replace("|", "\\|")
-            out.append(f"| `{folder.name}` | `{option.stem}` | {first} |")
+            group = folder.relative_to(ROOT / "conf").as_posix()
+            out.append(f"| `{group}` | `{option.stem}` | {first} |")
+    return out
+
+
+def hydra_options() -> list[str]:
+    """The keys of the project's own Hydra plugins' configs (conf/hydra/), from their comments."""
+    out = []
+    for option in sorted((ROOT / "conf" / "hydra").rglob("*.yaml")):
+        group = option.parent.relative_to(ROOT / "conf").as_posix()
+        out += [f"## `{group}={option.stem}`", "", "| key | default | meaning |", "|---|---|---|"]
+        values = OmegaConf.load(option)
+        for line in option.read_text().splitlines():
+            found = re.match(r"^(\w+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
+            if found and found.group(1) != "_target_":
+                key, value, meaning = found.groups()
+                value = value or "[" + ", ".join(str(v) for v in values[key]) + "]"
+                meaning = (meaning or "").replace("|", "\\|")
+                out.append(f"| `hydra.{group.split('/')[1]}.{key}` | `{value}` | {meaning} |")
+        out.append("")
     return out
 
 
@@ -153,7 +174,7 @@ def page() -> str:
     parts = [HEADER, "## Keys", ""]
     parts += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     parts += rows(schema.Config, "")
-    return "\n".join([*parts, "", *groups(), ""])
+    return "\n".join([*parts, "", *groups(), "", *hydra_options()])
 
 
 def main() -> None:

@@ -37,6 +37,18 @@ writes its figures, the machine, its CPU count, the date, the repeats and the pa
 `bench/results/`. Re-measuring is running the script and committing its JSON, then
 `python bench/publish.py`. The machines are shared 2-core VMs: compare the ratios within one
 result, not seconds across results. See also [the store at scale](benchmarks-store.md).
+
+```bash
+python bench/default_experiment.py     # wall time, peak RSS, tracking overhead, vs. plain Keras
+python bench/search.py                 # the pipeline's search vs. re-transferring every trial
+python bench/search.py --memory 20     # resident memory after 2 and after 20 trials
+python bench/feature_extraction.py     # boundary cache vs. full model, both stages (needs ../shared)
+python bench/tutorial.py               # TF tutorial's own code vs. cats_dogs_mobilenet (needs ../shared)
+python bench/report.py [--server]      # a 50-run study's report vs. one request per run
+python bench/store_scale.py            # report, resume, start-up, reproduce over large stores
+python bench/sequential.py             # anytime-valid verdicts by simulation
+python bench/publish.py                # then: this page from bench/results/*.json
+```
 """
 
 

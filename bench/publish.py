@@ -42,8 +42,8 @@ result, not seconds across results. See also [the store at scale](benchmarks-sto
 python bench/default_experiment.py     # wall time, peak RSS, tracking overhead, vs. plain Keras
 python bench/search.py                 # the pipeline's search vs. re-transferring every trial
 python bench/search.py --memory 20     # resident memory after 2 and after 20 trials
-python bench/feature_extraction.py     # boundary cache vs. full model, both stages (needs ../shared)
-python bench/tutorial.py               # TF tutorial's own code vs. cats_dogs_mobilenet (needs ../shared)
+python bench/feature_extraction.py     # boundary cache vs. full model (needs ../shared)
+python bench/tutorial.py               # the TF tutorial vs. cats_dogs_mobilenet (needs ../shared)
 python bench/report.py [--server]      # a 50-run study's report vs. one request per run
 python bench/store_scale.py            # report, resume, start-up, reproduce over large stores
 python bench/sequential.py             # anytime-valid verdicts by simulation

@@ -284,6 +284,9 @@ class SweepConfig:
     # A job whose configuration (config_hash) already has a FINISHED experiment run is skipped and
     # returns that run's objective: the same sweep command again runs only what is missing.
     skip_finished: bool = True
+    # The sweep run of the study this multirun replicates (`python -m pipeline.replicate` sets
+    # it): the new sweep run is tagged `replicates=<it>`.
+    replicates: str | None = None
 
 
 @dataclass

@@ -40,6 +40,7 @@ LONGEST_FIRST = [
     "test_interrupts.py",
     "test_sweeps.py",
     "test_sequential_sweep.py",
+    "test_replicate.py",
     "test_report.py",
     "test_report_scale.py",
     "test_store.py",

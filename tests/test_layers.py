@@ -36,7 +36,7 @@ LAYERS = [
     ["pipeline.experiment"],
     ["pipeline.cli", "pipeline.__main__"],
     # sweeps/sequential/ (hydra/sweeper=sequential) decides with report/sequential.py's statistics
-    ["pipeline.report", "pipeline.reproduce", "pipeline.sweeps.sequential"],
+    ["pipeline.report", "pipeline.reproduce", "pipeline.replicate", "pipeline.sweeps.sequential"],
 ]
 
 # The one import that goes up, on purpose: `python -m pipeline` imports the package first, and

@@ -119,6 +119,8 @@ class SweepRun(Callback):
             "sweep_dir": str(sweep_dir.resolve()),
             "command": shlex.join(["python", "-m", "pipeline", "-m", *task, *launch]),
         }
+        if config.sweep.get("replicates"):  # made by `python -m pipeline.replicate`
+            tags["replicates"] = str(config.sweep.replicates)
         params = override_params([*task, *launch])
         self.run_id = start_sweep_run(self.tracking, sweep_name(task), tags, params)
         self.heartbeat = sweep_heartbeat(self.tracking, self.run_id)

@@ -51,7 +51,8 @@ def commands(text: str) -> list[tuple[str, str | None]]:
 
 def segments(line: str) -> list[list[str]]:
     """A shell line's simple commands (split at `&&`, `;`, `|`), environment assignments dropped."""
-    line = re.sub(r"\s#\s.*$", "", re.sub(r"<([^<>]+)>", r"\1", line))  # a comment may hold a '
+    line = re.sub(r"<([^<>]+)>", lambda m: m.group(1).replace(" ", "_"), line)  # <run id>
+    line = re.sub(r"\s#\s.*$", "", line)  # a comment may hold a lone quote
     lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split, lexer.commenters = True, "#"
     parts: list[list[str]] = [[]]

@@ -41,12 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memory import PeakTreeMemory  # bench/memory.py, beside this script
+from record import write_result  # bench/record.py, beside this script
 
 if TYPE_CHECKING:
     import keras
@@ -449,6 +450,11 @@ def bench(repeats: int, workdir: Path) -> None:
     print(goals_table(runs, warm), end="\n\n")
     print(breakdown_table(runs), end="\n\n")
     print(accuracy_table(runs))
+    figures = {
+        "warm_up": {variant: asdict(run) for variant, run in warm.items()},
+        "runs": {variant: [asdict(run) for run in measured] for variant, measured in runs.items()},
+    }
+    write_result("default_experiment", figures, repeats)
 
 
 def main() -> None:

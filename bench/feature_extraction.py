@@ -34,6 +34,8 @@ import time
 import warnings
 from pathlib import Path
 
+from record import write_result  # bench/record.py, beside this script
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -122,14 +124,16 @@ def main() -> None:
     stages["fine_tune"] = both_ways(model, 1e-5, task, args.epochs)
     n_train, n_val = len(task.train), len(task.val)
     print(f"MobileNetV2 alpha={args.alpha}, {args.image_size}px, {n_train} train + {n_val} val")
-    for stage, measured in stages.items():
-        report(stage, measured, args.epochs)
+    figures = {stage: report(stage, measured, args.epochs) for stage, measured in stages.items()}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process: {peak:.0f} MiB")
+    figures["peak_rss_mib"] = peak
+    settings = {k: v for k, v in vars(args).items() if k != "folder"}
+    write_result("feature_extraction", figures, 1, train=n_train, val=n_val, **settings)
 
 
-def report(stage: str, measured: dict, epochs: int) -> None:
-    """One stage's per-epoch and end-to-end ratios, and its goal met or not."""
+def report(stage: str, measured: dict, epochs: int) -> dict:
+    """One stage's per-epoch and end-to-end ratios, and its goal met or not; its figures."""
     (full_epochs, full_acc), (cached_epochs, cached_acc) = measured["full"], measured["cached"]
     full = statistics.median(full_epochs[1:] or full_epochs)
     cached = statistics.median(cached_epochs[1:] or cached_epochs)
@@ -142,6 +146,12 @@ def report(stage: str, measured: dict, epochs: int) -> None:
     verdict = "met" if ratio >= goal else "NOT met"
     print(f"  per-epoch ratio: {ratio:.1f}x (goal >= {goal:.0f}x: {verdict})")
     print(f"  over {epochs} epochs, one-off cost included: {end_to_end:.1f}x")
+    return {
+        "full_seconds_per_epoch": full, "cached_seconds_per_epoch": cached,
+        "full_val_accuracy": full_acc, "cached_val_accuracy": cached_acc,
+        "activations_once_seconds": measured["one_off"], "per_epoch_ratio": ratio,
+        "goal_ratio": goal, "goal_met": ratio >= goal, "end_to_end_ratio": end_to_end,
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from record import write_result  # bench/record.py, beside this script
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlflow.entities import Metric, Param
@@ -215,14 +217,16 @@ def bench(parents: int, epochs: int, repeats: int, workdir: Path, server: bool) 
         flush=True,
     )
     if not server:
-        compare(db_uri, repeats, workdir)
-        return
-    with mlflow_server(db_uri, workdir) as url:
-        print(f"reading through mlflow server {url}", flush=True)
-        compare(url, repeats, workdir)
+        figures = compare(db_uri, repeats, workdir)
+    else:
+        with mlflow_server(db_uri, workdir) as url:
+            print(f"reading through mlflow server {url}", flush=True)
+            figures = compare(url, repeats, workdir)
+    name = "report_server" if server else "report"
+    write_result(name, figures, repeats, parents=parents, epochs=epochs, server=server)
 
 
-def compare(uri: str, repeats: int, workdir: Path) -> None:
+def compare(uri: str, repeats: int, workdir: Path) -> dict:
     sides = {"pipeline": pipeline, "baseline": baseline}
     for name, side in sides.items():
         total, _ = measure(side, uri, workdir / name)
@@ -233,10 +237,11 @@ def compare(uri: str, repeats: int, workdir: Path) -> None:
             total, reading = measure(side, uri, workdir / name)
             results[name].append((total, reading))
             print(f"  {repeat} {name:<9} {total:6.2f} s (reading {reading:5.2f} s)", flush=True)
-    print_summary(results, repeats)
+    return print_summary(results, repeats)
 
 
-def print_summary(results: dict[str, list[tuple[float, float]]], repeats: int) -> None:
+def print_summary(results: dict[str, list[tuple[float, float]]], repeats: int) -> dict:
+    """The table and the ratio printed; the figures for the result file returned."""
     print(f"\n{'side':<10} {'median s':>9} {'min s':>7} {'max s':>7} {'reading s':>10}")
     medians = {}
     for name, rows in results.items():
@@ -252,6 +257,14 @@ def print_summary(results: dict[str, list[tuple[float, float]]], repeats: int) -
         f"\npipeline / baseline = {ratio:.2f} (median of {repeats}); "
         f"report in {medians['pipeline']:.2f} s: goal < {GOAL_S:.0f} s {met}"
     )
+    return {
+        "seconds": {name: [t for t, _ in rows] for name, rows in results.items()},
+        "reading_seconds": {name: [r for _, r in rows] for name, rows in results.items()},
+        "median_seconds": medians,
+        "pipeline_over_baseline": ratio,
+        "goal_seconds": GOAL_S,
+        "goal_met": medians["pipeline"] < GOAL_S,
+    }
 
 
 def main() -> None:

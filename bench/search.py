@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import write_result  # bench/record.py, beside this script
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
@@ -176,6 +178,13 @@ def speed(trials: int, epochs: int) -> None:
         f"best val accuracy gap: {gap:.2f} points (goal <= {ACCURACY_GOAL_POINTS:.0f}: "
         f"{'met' if gap <= ACCURACY_GOAL_POINTS else 'NOT met'})"
     )
+    figures = {
+        "plain_seconds": plain_s, "pipeline_seconds": ours_s, "plain_over_pipeline": ratio,
+        "plain_best_val_accuracy": plain_best, "pipeline_best_val_accuracy": ours_best,
+        "gap_points": gap, "speed_goal_met": ratio >= SPEED_GOAL,
+        "accuracy_goal_met": gap <= ACCURACY_GOAL_POINTS,
+    }  # fmt: skip
+    write_result("search", figures, 1, trials=trials, epochs=epochs)
 
 
 class RssAfterTrial:
@@ -216,6 +225,8 @@ def memory(trials: int) -> None:
         f"growth {growth:+.1%} (goal <= {MEMORY_GOAL:.0%}: "
         f"{'met' if growth <= MEMORY_GOAL else 'NOT met'})"
     )
+    figures = {"rss_mib_after_trial": observer.rss, "growth_after_trial_2": growth}
+    write_result("search_memory", figures, 1, trials=trials)
 
 
 def main() -> None:

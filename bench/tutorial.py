@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from memory import run_measured  # bench/memory.py, beside this script
+from record import write_result  # bench/record.py, beside this script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -164,6 +165,12 @@ def compare() -> None:
     for stage in ("feature_extraction", "fine_tune"):
         print(f"{stage} val acc: pipeline {ours_acc.get(stage)}, tutorial {theirs_acc[stage]}")
     print_goals(ratio, ours_out, ours_mib)
+    figures = {
+        "tutorial_seconds": theirs, "pipeline_seconds": ours, "pipeline_over_tutorial": ratio,
+        "tutorial_peak_rss_mib": theirs_mib, "pipeline_peak_rss_mib": ours_mib,
+        "pipeline_best_val_accuracy": ours_acc, "tutorial_val_accuracy": theirs_acc,
+    }  # fmt: skip
+    write_result("tutorial", figures, 1)
 
 
 def print_goals(ratio: float, stdout: str, peak_mib: float) -> None:

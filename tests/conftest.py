@@ -50,6 +50,7 @@ LONGEST_FIRST = [
     "test_stages.py",
     "test_config.py",
     "test_datasets.py",
+    "test_docs.py",  # every command of the guide composed; generated pages current
     "test_secrets.py",
     "test_sequential.py",
     "test_layers.py",

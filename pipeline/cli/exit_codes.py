@@ -1,5 +1,5 @@
-"""Every command's exit codes, in one place (README: exit codes). Imports nothing: start-up reads
-them before anything else is loaded."""
+"""Every command's exit codes, in one place (docs/operations.md: exit codes). Imports nothing:
+start-up reads them before anything else is loaded."""
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # a run failed: marked FAILED

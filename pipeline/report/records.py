@@ -1,6 +1,6 @@
 """A study as typed records: what study.py builds and render.py, figures.py and report.json read.
 
-`dataclasses.asdict(study)` is report.json: the field names are its keys (the README documents
+`dataclasses.asdict(study)` is report.json: the field names are its keys (docs/reports.md documents
 them), so renaming a field renames a key.
 """
 

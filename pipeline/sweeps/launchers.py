@@ -21,7 +21,8 @@ def check_launcher(launcher: str, cfg: Config) -> None:
     require(
         urlparse(uri).scheme != "sqlite",
         f"hydra/launcher={launcher} runs jobs on other hosts, which cannot share the SQLite store "
-        f"{uri}; use a tracking server: tracking.uri=http://HOST:5000 (README: Scaling out)",
+        f"{uri}; use a tracking server: tracking.uri=http://HOST:5000 "
+        "(docs/sweeps.md: Scaling out)",
     )
 
 

@@ -65,8 +65,13 @@ def described(pid: int) -> str:
 
 @dataclass
 class RayCluster:
-    address: str  # 127.0.0.1:PORT, what RAY_ADDRESS says to `address=auto`
+    variables: dict[str, str]  # what `start` prints: RAY_ADDRESS, RAY_AUTH_MODE, ..._TOKEN_PATH
     state: Path  # the cluster's temp folder (sessions, logs, sockets)
+
+    @property
+    def address(self) -> str:
+        """127.0.0.1:PORT, what RAY_ADDRESS says to `address=auto`."""
+        return self.variables["RAY_ADDRESS"]
 
     def raylet(self, resource: str) -> psutil.Process:
         """The raylet of this cluster's node with the custom resource `resource`."""
@@ -99,9 +104,11 @@ def ray_cluster() -> Iterator[RayCluster]:
     started = cluster_script("start", state)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        address = started.stdout.strip().rpartition("RAY_ADDRESS=")[2]
-        assert address.startswith("127.0.0.1:")
-        yield RayCluster(address, state)
+        variables = dict(line.split("=", 1) for line in started.stdout.split())
+        assert variables["RAY_ADDRESS"].startswith("127.0.0.1:")
+        assert variables["RAY_AUTH_MODE"] == "token"
+        assert Path(variables["RAY_AUTH_TOKEN_PATH"]).parent == state
+        yield RayCluster(variables, state)
     finally:
         stopped = cluster_script("stop", state)
         assert stopped.returncode == 0, stopped.stderr[-2000:]
@@ -138,7 +145,7 @@ def ray_sweep(cluster: RayCluster, url: str, sweep_dir: Path, *extra: str) -> li
 
 def sweep_env(cluster: RayCluster) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    return {**env, "RAY_ADDRESS": cluster.address, "RAY_USAGE_STATS_ENABLED": "0"}
+    return {**env, **cluster.variables, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def run_sweep(command: list[str], cluster: RayCluster) -> subprocess.CompletedProcess:

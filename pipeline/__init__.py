@@ -5,8 +5,8 @@ import sys
 if sys.argv[:1] == ["-m"]:  # `python -m ...` is locating its module (pipeline/cli/startup.py)
     from pipeline.cli import startup
 
-    if startup.module_python_m_is_locating() in ("pipeline", "pipeline.report"):
-        startup.hold_ctrl_c()  # before any other import (pipeline/__main__.py says why)
+    if startup.module_python_m_is_locating() in startup.COMMANDS:
+        startup.hold_interrupts()  # before any other import (pipeline/__main__.py says why)
 
 from pathlib import Path
 

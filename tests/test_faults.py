@@ -143,8 +143,10 @@ def test_a_failing_sweep_job_does_not_stop_the_sweep(tmp_path, store_uri):
     assert statuses == {"1000000000000.0": "FAILED", "0.001": "FINISHED"}
 
 
-def start_after_interpreter(args: list[str], cwd: Path) -> subprocess.Popen:
-    """`python -m pipeline args`, returned once the interpreter itself is up: a sitecustomize
+def start_after_interpreter(
+    args: list[str], cwd: Path, command: str = "pipeline"
+) -> subprocess.Popen:
+    """`python -m command args`, returned once the interpreter itself is up: a sitecustomize
     module, which Python's site imports after the .pth files, writes one byte to a pipe. Before
     that no code of ours can hold a signal, and on a loaded CI machine the interpreter's own
     start-up alone can take longer than 0.1 s."""
@@ -153,7 +155,8 @@ def start_after_interpreter(args: list[str], cwd: Path) -> subprocess.Popen:
     (cwd / "site").mkdir()
     (cwd / "site" / "sitecustomize.py").write_text(f"import os\nos.write({ready_w}, b'.')\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args, f"hydra.run.dir={cwd / 'out'}"],
+        [sys.executable, "-m", command, *args]
+        + ([f"hydra.run.dir={cwd / 'out'}"] if command == "pipeline" else []),
         cwd=PROJECT_ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [site, python_path]))},
         stdout=subprocess.PIPE,
@@ -177,6 +180,26 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay_s):
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines
+
+
+@pytest.mark.parametrize("delay_s", [0.1, 1.0])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["pipeline.report", "pipeline.reproduce", "pipeline.replicate"])
+def test_an_interrupt_while_a_command_imports_is_one_line_and_130(
+    tmp_path, command, signum, delay_s
+):
+    """While the command's imports (MLflow, TensorFlow) still run: the report used to exit 143
+    with no line on SIGTERM, reproduce and replicate 143 too, or a KeyboardInterrupt traceback
+    on Ctrl-C."""
+    store = f"tracking_uri=sqlite:///{tmp_path / 'absent.db'}"  # refused, once imported
+    args = [store] if command == "pipeline.report" else ["0" * 32, store]
+    process = start_after_interpreter(args, tmp_path, command)
+    time.sleep(delay_s)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 
 from pipeline.cli.exit_codes import EXIT_INTERRUPTED
-from pipeline.cli.startup import TERMINAL, hold_ctrl_c
+from pipeline.cli.startup import TERMINAL, hold_interrupts
 
 
 def stop_sweep(signum, frame) -> None:
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         signal.signal(signal.SIGINT, stop_sweep)
         signal.signal(signal.SIGTERM, stop_sweep)
     else:
-        hold_ctrl_c()  # held already since the package's import; again for runpy.run_module
+        hold_interrupts()  # held already since the package's import; again for runpy.run_module
 
     from pipeline.cli.preflight import exit_if_invalid
     from pipeline.config import register_configs

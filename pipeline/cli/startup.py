@@ -1,4 +1,6 @@
-"""Ctrl-C before a job starts: one line and exit 130 (the why is in __main__'s docstring).
+"""Ctrl-C or SIGTERM before a job starts: one line and exit 130 (the why is in __main__'s
+docstring). Without the hold, SIGTERM during the seconds of imports ends the process with 143 and
+no line, and Ctrl-C there prints a traceback.
 
 `python -m pipeline` imports this package before it runs `pipeline/__main__.py`; the package
 installs the handler at its first line, so the window where a KeyboardInterrupt could surface
@@ -11,6 +13,8 @@ import sys
 
 from pipeline.cli.exit_codes import EXIT_INTERRUPTED
 
+# The commands the project ships: each holds interrupts from its package's first line.
+COMMANDS = ("pipeline", "pipeline.report", "pipeline.reproduce", "pipeline.replicate")
 TERMINAL = os.dup(2)  # stderr as it was: TensorFlow's import captures fd 2 for a while
 
 
@@ -33,5 +37,7 @@ def module_python_m_is_locating() -> str | None:
     return None
 
 
-def hold_ctrl_c() -> None:
+def hold_interrupts() -> None:
+    """Ctrl-C and SIGTERM exit at once, in one line, until a command sets its own handlers."""
     signal.signal(signal.SIGINT, exit_at_once)
+    signal.signal(signal.SIGTERM, exit_at_once)

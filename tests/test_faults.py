@@ -183,19 +183,16 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay_s):
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines
 
 
-@pytest.mark.parametrize("delay_s", [0.1, 1.0])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("command", ["pipeline.report", "pipeline.reproduce", "pipeline.replicate"])
-def test_an_interrupt_while_a_command_imports_is_one_line_and_130(
-    tmp_path, command, signum, delay_s
-):
+def test_an_interrupt_while_a_command_imports_is_one_line_and_130(tmp_path, command, signum):
     """While the command's imports (MLflow, TensorFlow) still run: the report used to exit 143
     with no line on SIGTERM, reproduce and replicate 143 too, or a KeyboardInterrupt traceback
     on Ctrl-C."""
     store = f"tracking_uri=sqlite:///{tmp_path / 'absent.db'}"  # refused, once imported
     args = [store] if command == "pipeline.report" else ["0" * 32, store]
     process = start_after_interpreter(args, tmp_path, command)
-    time.sleep(delay_s)
+    time.sleep(0.3)  # imports take seconds: MLflow's, TensorFlow's
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]

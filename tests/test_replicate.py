@@ -69,8 +69,8 @@ def test_variants_form_a_grid_and_seeds_same_or_new():
     assert grid(found, {"debug"}) == ["freeze=top1,top2"]  # a key the caller overrides is its own
     with pytest.raises(ConfigError, match="overrides what tells the variants apart"):
         grid(found, {"freeze"})
-    assert seeds_to_run(found, "same") == [0, 1, 4]
-    assert seeds_to_run(found, "new") == [5, 6, 7]
+    assert seeds_to_run(found, "same", max_seeds=30) == [0, 1, 4]
+    assert seeds_to_run(found, "new", max_seeds=4) == [5, 6, 7, 8]  # the sequential sweep's range
 
 
 def test_a_replications_runs_are_matched_to_variants_by_settings_and_seeds():

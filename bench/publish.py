@@ -40,6 +40,7 @@ result, not seconds across results. See also [the store at scale](benchmarks-sto
 
 ```bash
 python bench/default_experiment.py     # wall time, peak RSS, tracking overhead, vs. plain Keras
+python bench/first_run.py              # the first run cold (pretraining) and warm, seconds per part
 python bench/search.py                 # the pipeline's search vs. re-transferring every trial
 python bench/search.py --memory 20     # resident memory after 2 and after 20 trials
 python bench/feature_extraction.py     # boundary cache vs. full model (needs ../shared)

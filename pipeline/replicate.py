@@ -1,14 +1,19 @@
 """`python -m pipeline.replicate <sweep run id | the report's filters> [seeds=same|new]
-[margin=0.01] [alpha=0.05] [min_seeds=5] [tracking_uri=...] [overrides ...]`: re-run a finished
-study here and check its claims.
+[max_seeds=30] [margin=0.01] [alpha=0.05] [min_seeds=5] [tracking_uri=...] [overrides ...]`:
+re-run a finished study here and check its claims.
 
 Every variant of the study runs again as one new multirun (`python -m pipeline -m ...`, through
-whatever launcher the `hydra/launcher=...` overrides given choose) with the study's seeds
-(`seeds=same`) or as many new ones after the largest (`seeds=new`); its sweep run is tagged
-`replicates=<the study's sweep run>`. Per variant and comparison of test accuracy, the original's
-anytime-valid verdict and the replication's stand side by side, with whether their signs agree and
-whether the two effects are equivalent within ±margin (report/equivalence.py). Any other
-`key=value` is a config override for the new runs (a changed config replicates, or not, too).
+whatever launcher the `hydra/launcher=...` overrides given choose); its sweep run is tagged
+`replicates=<the study's sweep run>`. `seeds=same` runs the study's seeds again, a fixed set.
+`seeds=new` runs new seeds sequentially, as the study's own sequential sweep did: the multirun
+is `hydra/sweeper=sequential` from the seed after the study's largest, in batches
+(`hydra.sweeper.batch_size=...` as an override), until every comparison the original settled is
+settled here too, either way, or `max_seeds` new seeds per variant have run (the same
+anytime-valid rule, alpha, margin and min_seeds decide; seeds of that range FINISHED in the store
+already count). Per variant and comparison of test accuracy, the original's anytime-valid
+verdict and the replication's stand side by side, with whether their signs agree and whether the
+two effects are equivalent within ±margin (report/equivalence.py). Any other `key=value` is a
+config override for the new runs (a changed config replicates, or not, too).
 
 Exit 0: every settled claim of the original replicated; 1: one did not (named in one line), or the
 replication's sweep failed; 2: bad input (an unknown run, a run that is not a study, an empty
@@ -36,14 +41,17 @@ log = logging.getLogger(__name__)
 
 USAGE = (
     "usage: python -m pipeline.replicate <sweep run id | sweep_id=... tags.<name>=... "
-    "params.<key>=...> [seeds=same|new] [margin=0.01] [alpha=0.05] [tracking_uri=] [overrides]"
+    "params.<key>=...> [seeds=same|new] [max_seeds=30] [margin=0.01] [alpha=0.05] "
+    "[min_seeds=5] [tracking_uri=] [overrides]"
 )
 SEEDS = ("same", "new")
+SWEEPER_KEYS = ("alpha", "margin", "min_seeds")  # the sequential sweeper decides as replicate does
 
 
 @dataclass
 class ReplicateOptions:
     seeds: str = "same"  # same | new
+    max_seeds: int = 30  # seeds=new: new seeds per variant at most (the sequential sweep's cap)
     margin: float = 0.01  # the smallest difference in test accuracy that matters
     alpha: float = 0.05
     min_seeds: int = 5  # no verdict before this many seeds (sequential.MIN_SEEDS)
@@ -98,6 +106,10 @@ def check(options: ReplicateOptions) -> None:
         raise ConfigError(str(error)) from None
     if options.alpha >= 0.5:
         raise ConfigError(f"alpha={options.alpha} but the equivalence test needs alpha < 0.5")
+    if options.max_seeds < options.min_seeds:
+        raise ConfigError(
+            f"max_seeds={options.max_seeds} but it must be >= min_seeds={options.min_seeds}"
+        )
 
 
 def original_study(request: Request, uri: str):
@@ -141,12 +153,22 @@ def filtered_study(request: Request, uri: str):
     return reader, runs, "study-" + hashlib.sha256(ids.encode()).hexdigest()[:12]
 
 
-def multirun_command(grid: list[str], seeds: list[int], request: Request, uri: str, tag: str):
+def multirun_command(
+    grid: list[str], seeds: list[int], comparisons: list[str], request: Request, uri: str, tag: str
+) -> list[str]:
+    """`python -m pipeline -m <grid> ...`: the fixed seeds (same), or the sequential sweeper over
+    `seeds` until `comparisons` are settled (new)."""
+    options = request.options
     command = [sys.executable, "-m", "pipeline", "-m", *grid]
-    command += [f"seed={','.join(map(str, seeds))}", f"tracking.uri={uri}"]
-    command += [f"sweep.replicates={tag}"]
-    if request.options.seeds == "same":  # their config hashes are FINISHED already
-        command.append("sweep.skip_finished=false")
+    if options.seeds == "same":  # their config hashes are FINISHED already
+        command += [f"seed={','.join(map(str, seeds))}", "sweep.skip_finished=false"]
+    else:
+        command += ["hydra/sweeper=sequential", f"hydra.sweeper.first_seed={seeds[0]}"]
+        command += [f"hydra.sweeper.max_seeds={len(seeds)}"]
+        command += [f"hydra.sweeper.{key}={getattr(options, key)}" for key in SWEEPER_KEYS]
+        if comparisons:
+            command.append(f"hydra.sweeper.comparisons=[{','.join(comparisons)}]")
+    command += [f"tracking.uri={uri}", f"sweep.replicates={tag}"]
     return command + request.overrides
 
 
@@ -175,8 +197,9 @@ def replicate(request: Request) -> int:
     reader, runs, tag = original_study(request, uri)
     original = rep.study_variants(runs)
     replaced = {rep.override_key(o) for o in request.overrides}
-    seeds = rep.seeds_to_run(original, options.seeds)
-    command = multirun_command(rep.grid(original, replaced), seeds, request, uri, tag)
+    seeds = rep.seeds_to_run(original, options.seeds, options.max_seeds)
+    claims = rep.settled_comparisons(original, options.alpha, options.margin, options.min_seeds)
+    command = multirun_command(rep.grid(original, replaced), seeds, claims, request, uri, tag)
     started = int(time.time() * 1000) - 1000
     code = run_multirun(command)
     if code != 0:
@@ -204,6 +227,7 @@ def conclude(reader, run_id: str, tag: str, rows, request: Request) -> int:
     print(rep.text_table(lines))
     failed = [row for row in rows if row.result.replicated is False]
     about = {"replicates": tag, "sweep_run_id": run_id, "seeds": options.seeds}
+    about["max_seeds"] = options.max_seeds if options.seeds == "new" else None
     about |= {"alpha": options.alpha, "margin": options.margin, "overrides": request.overrides}
     tags = {rep.tag_key(row): row.result.status for row in rows}
     tags["replicated"] = "false" if failed else "true"

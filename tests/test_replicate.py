@@ -1,8 +1,10 @@
 """`python -m pipeline.replicate`: a finished study re-run as a new multirun and its claims checked.
 
 Fast tier: bad input is one line and exit 2 before anything runs (real MLflow store, runs made by
-the client: no training), and the pure parts (a study's variants, grid and seeds). Slow tier: real
-`debug=smoke` studies replicated by real subprocesses, exit 0 and exit 1.
+the client: no training), and the pure parts (a study's variants, grid and seeds). Slow tier: one
+real `debug=smoke` study (run once per file, a copy of its store per test) replicated by real
+subprocesses: exit 0 and 1 with the same seeds, a sequential replication with new seeds that stops
+before its cap, SIGTERM's 130.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pipeline.report.replication import (
     study_variants,
 )
 from pipeline.tracking.query import ExperimentRun, RunRecord
-from tests.conftest import run_cli
+from tests.conftest import copy_store, run_cli
 
 
 def record(run_id: str, tags: dict, metrics: dict | None = None) -> RunRecord:
@@ -69,8 +71,8 @@ def test_variants_form_a_grid_and_seeds_same_or_new():
     assert grid(found, {"debug"}) == ["freeze=top1,top2"]  # a key the caller overrides is its own
     with pytest.raises(ConfigError, match="overrides what tells the variants apart"):
         grid(found, {"freeze"})
-    assert seeds_to_run(found, "same") == [0, 1, 4]
-    assert seeds_to_run(found, "new") == [5, 6, 7]
+    assert seeds_to_run(found, "same", max_seeds=30) == [0, 1, 4]
+    assert seeds_to_run(found, "new", max_seeds=4) == [5, 6, 7, 8]  # the sequential sweep's range
 
 
 def test_a_replications_runs_are_matched_to_variants_by_settings_and_seeds():
@@ -157,6 +159,7 @@ def test_a_run_that_is_not_a_finished_study_is_one_line_and_exit_2(
         (["abc", "alpha=0.7"], "alpha=0.7 but the equivalence test needs alpha < 0.5"),
         (["abc", "alpha=x"], "alpha: Value 'x' of type 'str' could not be converted to Float"),
         (["abc", "min_seeds=1"], "min_seeds=1 but it must be >= 2"),
+        (["abc", "max_seeds=3"], "max_seeds=3 but it must be >= min_seeds=5"),
         ([], "no study given: usage: python -m pipeline.replicate"),
         (["abc", "def"], "abc def: usage:"),
         (["abc", "sweep_id=x"], "abc: usage:"),
@@ -185,10 +188,42 @@ def replication_runs(client: MlflowClient, replicates: str) -> list:
     return client.search_runs([experiment], f"tags.replicates = '{replicates}'")
 
 
+@pytest.fixture(scope="module")
+def smoke_study_db(tmp_path_factory, smoke_backbone_store: Path) -> Path:
+    """A five-seed `debug=smoke` study (a plain multirun), run once for this file's slow tests;
+    each replicates its own copy of the store."""
+    folder = tmp_path_factory.mktemp("smoke-study")
+    db = folder / "mlruns" / "mlflow.db"
+    uri = copy_store(smoke_backbone_store, db)
+    study = run_cli(
+        ["-m", "seed=0,1,2,3,4", "debug=smoke", f"tracking.uri={uri}",
+         f"hydra.sweep.dir={folder / 'original'}"],
+        folder,
+        timeout=900,  # five jobs in one process: minutes on a loaded 2-core machine
+    )  # fmt: skip
+    assert study.returncode == 0, study.stderr[-3000:]
+    return db
+
+
+@pytest.fixture
+def study(tmp_path: Path, smoke_study_db: Path) -> tuple[MlflowClient, str, str]:
+    """(client, store URI, the study's sweep run id) of a copy of the smoke study's store."""
+    uri = copy_store(smoke_study_db, tmp_path / "mlruns" / "mlflow.db")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("transfer-lab").experiment_id
+    [sweep] = client.search_runs([experiment], "tags.stage = 'sweep'")
+    return client, uri, sweep.info.run_id
+
+
+def jobs_of(client: MlflowClient, sweep_run_id: str) -> list[int]:
+    """The seeds of the experiment runs nested under a sweep run."""
+    experiment = client.get_experiment_by_name("transfer-lab").experiment_id
+    jobs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{sweep_run_id}'")
+    return sorted(int(job.data.tags["seed"]) for job in jobs)
+
+
 @pytest.mark.slow
-def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(
-    tmp_path, store_uri, capfd
-):
+def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(tmp_path, study, capfd):
     """Five `debug=smoke` seeds, alpha 0.3, margin 0.1: feature extraction beats scratch (+0.04,
     settled positive) and fine-tuning equals feature extraction (settled negligible). Re-run with
     the same seeds: the same numbers, every claim replicated, exit 0. A bad override: exit 2 and no
@@ -196,29 +231,20 @@ def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(
     feature extraction - scratch does not replicate, exit 1 naming it. Each replication is a sweep
     run tagged replicates=<the study's sweep run>, with its jobs nested and its verdicts as tags
     and artifacts."""
-    study = run_cli(
-        ["-m", "seed=0,1,2,3,4", "debug=smoke", f"tracking.uri={store_uri}",
-         f"hydra.sweep.dir={tmp_path / 'original'}"],
-        tmp_path,
-    )  # fmt: skip
-    assert study.returncode == 0, study.stderr[-3000:]
-    client = MlflowClient(store_uri)
-    experiment = client.get_experiment_by_name("transfer-lab").experiment_id
-    [sweep] = client.search_runs([experiment], "tags.stage = 'sweep'")
+    client, store_uri, sweep_id = study
     options = ["alpha=0.3", "margin=0.1", f"tracking_uri={store_uri}"]
 
-    same = [sweep.info.run_id, *options, f"hydra.sweep.dir={tmp_path / 'same'}"]
+    same = [sweep_id, *options, f"hydra.sweep.dir={tmp_path / 'same'}"]
     assert replicate_main(same) == 0, capfd.readouterr().err[-3000:]
     out = capfd.readouterr().out
     assert "replicated: 3 settled claim(s) of 3 comparison(s) hold here" in out, out
-    [again] = replication_runs(client, sweep.info.run_id)
+    [again] = replication_runs(client, sweep_id)
     tags = again.data.tags
     assert tags["replicated"] == "true" and again.info.status == "FINISHED"
     assert tags["replication.0.feature_extraction-scratch"] == "replicated"
     assert tags["replication.0.fine_tune-feature_extraction"] == "replicated"
     assert again.data.metrics["replication.0.feature_extraction-scratch.difference"] == 0
-    jobs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{again.info.run_id}'")
-    assert sorted(int(j.data.tags["seed"]) for j in jobs) == [0, 1, 2, 3, 4]
+    assert jobs_of(client, again.info.run_id) == [0, 1, 2, 3, 4]
     folder = Path(client.download_artifacts(again.info.run_id, "replication", str(tmp_path)))
     rows = json.loads((folder / "replication.json").read_text())["rows"]
     original = {row["comparison"]: row["original"]["kind"] for row in rows}
@@ -229,45 +255,84 @@ def test_a_study_replicates_with_its_seeds_and_not_with_a_changed_config(
     }, "the premise: smoke numbers on this machine settle these claims"
     assert all(row["equivalent"] for row in rows)  # identical numbers: within any margin
 
-    bad = [sweep.info.run_id, *options, "lr.feature_extraction=0"]
+    bad = [sweep_id, *options, "lr.feature_extraction=0"]
     assert replicate_main(bad) == 2  # the multirun refuses it before anything runs
     error = capfd.readouterr().err.strip().splitlines()
     assert error[-1] == "error: lr.feature_extraction=0.0 must be > 0", error[-3:]
-    assert len(replication_runs(client, sweep.info.run_id)) == 1
+    assert len(replication_runs(client, sweep_id)) == 1
 
     changed = ["train.epochs.scratch=30", "train.patience=30", "lr.feature_extraction=1e-9"]
     changed += [f"hydra.sweep.dir={tmp_path / 'changed'}"]
-    assert replicate_main([sweep.info.run_id, *options, *changed]) == 1
+    assert replicate_main([sweep_id, *options, *changed]) == 1
     error = capfd.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: not replicated: variant 0 (debug=smoke) "), error
     assert "feature_extraction - scratch: original positive +0.040" in error, error
-    latest = max(replication_runs(client, sweep.info.run_id), key=lambda r: r.info.start_time)
+    latest = max(replication_runs(client, sweep_id), key=lambda r: r.info.start_time)
     assert latest.data.tags["replicated"] == "false"
     assert latest.data.tags["replication.0.feature_extraction-scratch"] != "replicated"
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_replication_with_130_and_leaves_nothing_running(tmp_path, store_uri):
-    """A one-seed study (no claim to check), replicated in a real process with seeds=new; SIGTERM
-    once the replication's sweep run exists: exit 130, one line, its runs not left RUNNING."""
-    study = run_cli(
-        ["-m", "seed=0", "debug=smoke", f"tracking.uri={store_uri}",
-         f"hydra.sweep.dir={tmp_path / 'original'}"],
-        tmp_path,
-    )  # fmt: skip
-    assert study.returncode == 0, study.stderr[-3000:]
-    client = MlflowClient(store_uri)
+def test_new_seeds_run_in_batches_until_the_claims_settle_here_and_count_when_run_again(
+    tmp_path, study, capfd
+):
+    """seeds=new with alpha 0.4 and margin 0.9, where any three seeds settle every comparison
+    (positive, negative or negligible: the interval is finite from 3 seeds on and narrower than
+    the margin): the replication is a sequential sweep from seed 5 in batches of 3 that stops at
+    its first look with seeds, before max_seeds=6, every claim of the original settled here one
+    way or another (none 'not confirmed'), exit 0 or 1 as they agree. The same command again runs
+    no job: the store's FINISHED seeds 5-7 count, named on its sweep run as skipped jobs, and give
+    the same verdicts."""
+    client, store_uri, sweep_id = study
+    options = ["seeds=new", "alpha=0.4", "margin=0.9", "min_seeds=3", "max_seeds=6"]
+    options += [f"tracking_uri={store_uri}", "hydra.sweeper.batch_size=3"]
+    code = replicate_main([sweep_id, *options, f"hydra.sweep.dir={tmp_path / 'first'}"])
+    out, err = capfd.readouterr()
+    assert code in (0, 1), err[-3000:]
+    output = out + err  # Hydra's log lines and the table
+    assert "look 1: variant 0 (" in output and "3 seeds, settled: " in output, output[-3000:]
+    assert "look 2" not in output  # stopped at the first look that settled, under the cap
+    [again] = replication_runs(client, sweep_id)
+    tags = again.data.tags
+    assert tags["sequential"] == "true" and tags["sequential.first_seed"] == "5"
+    assert tags["sequential.max_seeds"] == "6" and tags["verdicts_settled"] == "true"
+    assert tags["sequential.comparisons"] == " ".join(
+        ["feature_extraction-scratch", "fine_tune-scratch", "fine_tune-feature_extraction"]
+    ), "the premise: the original settled all three (as in the test above)"
+    assert jobs_of(client, again.info.run_id) == [5, 6, 7]
+    statuses = {k: v for k, v in tags.items() if k.startswith("replication.")}
+    assert len(statuses) == 3 and "not confirmed" not in statuses.values(), statuses
+    assert tags["replicated"] == ("true" if code == 0 else "false")
+    assert ("replicated: 3 settled claim(s)" in out) == (code == 0), out
+    assert again.info.status == "FINISHED"
+
+    second = [sweep_id, *options, f"hydra.sweep.dir={tmp_path / 'second'}"]
+    assert replicate_main(second) == code
+    out = capfd.readouterr().out
+    assert out.count(" n=3 ") == 3, out  # each row's replication: the three seeds counted
+    latest = max(replication_runs(client, sweep_id), key=lambda r: r.info.start_time)
+    assert jobs_of(client, latest.info.run_id) == []  # nothing ran again
+    skipped = {k: v for k, v in latest.data.tags.items() if k.startswith("skipped_job.")}
+    assert sorted(skipped) == ["skipped_job.0.seed5", "skipped_job.0.seed6", "skipped_job.0.seed7"]
+    assert latest.data.metrics["jobs_skipped"] == 3
+    assert {k: v for k, v in latest.data.tags.items() if k.startswith("replication.")} == statuses
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_replication_with_130_and_leaves_nothing_running(tmp_path, study):
+    """The smoke study replicated in a real process with seeds=new; SIGTERM once the
+    replication's sweep run exists: exit 130, one line, its runs not left RUNNING."""
+    client, store_uri, sweep_id = study
     experiment = client.get_experiment_by_name("transfer-lab").experiment_id
-    [sweep] = client.search_runs([experiment], "tags.stage = 'sweep'")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    command = [sys.executable, "-m", "pipeline.replicate", sweep.info.run_id, "seeds=new",
+    command = [sys.executable, "-m", "pipeline.replicate", sweep_id, "seeds=new",
                f"tracking_uri={store_uri}", f"hydra.sweep.dir={tmp_path / 'again'}"]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         for _ in range(600):  # up to 60 s for the new sweep run to appear
-            if replication_runs(client, sweep.info.run_id) or process.poll() is not None:
+            if replication_runs(client, sweep_id) or process.poll() is not None:
                 break
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import ConfigError
 from pipeline.report.equivalence import Replication, compare_effects
-from pipeline.report.sequential import DEFAULT_COMPARISONS, Comparison, paired_differences
+from pipeline.report.sequential import (
+    DEFAULT_COMPARISONS,
+    Comparison,
+    decide,
+    paired_differences,
+)
 from pipeline.tracking.query import ExperimentRun, variants
 
 METRIC = "test_accuracy"
@@ -99,14 +104,27 @@ def grid(found: list[StudyVariant], replaced: set[str]) -> list[str]:
     return [f"{prefixes[k]}={','.join(values[k])}" for k in keys]
 
 
-def seeds_to_run(found: list[StudyVariant], mode: str) -> list[int]:
-    """`same`: every seed of the study; `new`: as many as a variant had at most, after the
-    largest seed used."""
+def seeds_to_run(found: list[StudyVariant], mode: str, max_seeds: int) -> list[int]:
+    """`same`: every seed of the study; `new`: the `max_seeds` seeds after the largest seed used
+    (the sequential sweeper runs as many of them as it takes to settle)."""
     used = sorted({seed for v in found for seed in v.seeds})
     if mode == "same":
         return used
-    count = max(len(v.seeds) for v in found)
-    return list(range(used[-1] + 1, used[-1] + 1 + count))
+    return list(range(used[-1] + 1, used[-1] + 1 + max_seeds))
+
+
+def settled_comparisons(
+    found: list[StudyVariant], alpha: float, margin: float, min_seeds: int
+) -> list[str]:
+    """The comparisons (`first-second`) that some variant of the study settled: what a
+    replication with new seeds must settle too; every one it has when it settled none."""
+    present, settled = set(), set()
+    for variant in found:
+        for pair, differences in paired_differences(variant.values, DEFAULT_COMPARISONS).items():
+            present.add(pair)
+            if decide(differences, alpha, margin, min_seeds).settled:
+                settled.add(pair)
+    return [f"{a}-{b}" for a, b in DEFAULT_COMPARISONS if (a, b) in (settled or present)]
 
 
 def matched(

@@ -121,11 +121,11 @@ def finish_sweep_run(cfg: TrackingConfig, run_id: str, early: bool = False) -> S
 
 def finished_stage_values(
     cfg: TrackingConfig, variant_hashes: list[str], metric: str
-) -> dict[str, dict[str, dict[str, float]]]:
-    """variant_hash -> config_hash -> {stage: the run's `<stage>_<metric>`}, from the FINISHED
-    experiment runs of these variants (the latest run of a configuration): one paged query per
-    variant (the sequential sweeper's look at its results)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+) -> dict[str, dict[str, tuple[str, dict[str, float]]]]:
+    """variant_hash -> config_hash -> (run id, {stage: the run's `<stage>_<metric>`}), from the
+    FINISHED experiment runs of these variants (the latest run of a configuration): one paged
+    query per variant (the sequential sweeper's look at its results)."""
+    out: dict[str, dict[str, tuple[str, dict[str, float]]]] = {}
     with sweep_store(cfg) as (client, experiment):
         reader = StoreReader(client, [experiment])
         for variant in variant_hashes:
@@ -135,7 +135,8 @@ def finished_stage_values(
                 digest = run.tags.get("config_hash", "")
                 if is_experiment_run(run) and digest not in found:
                     keys = {stage: f"{stage}_{metric}" for stage in STAGES}
-                    found[digest] = {s: run.metrics[k] for s, k in keys.items() if k in run.metrics}
+                    values = {s: run.metrics[k] for s, k in keys.items() if k in run.metrics}
+                    found[digest] = (run.run_id, values)
     return out
 
 

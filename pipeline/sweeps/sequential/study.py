@@ -24,6 +24,7 @@ class VariantStudy:
     hashes: dict[int, str]  # seed -> config_hash of that seed's job, every seed it may run
     launched: set[int] = field(default_factory=set)  # seeds run by this sweep
     values: dict[str, dict[int, float]] = field(default_factory=dict)  # stage -> seed -> metric
+    run_ids: dict[int, str] = field(default_factory=dict)  # seed -> its FINISHED run, when known
     verdict: StudyVerdict | None = None
 
     @property
@@ -46,10 +47,23 @@ class VariantStudy:
         done = set(self.seeds_done) | self.launched
         return [seed for seed in sorted(self.hashes) if seed not in done][:batch_size]
 
-    def update(self, finished: dict[str, dict[str, float]], options: SequentialOptions) -> None:
-        """Take the store's finished runs (config_hash -> stage -> metric) and decide again."""
+    @property
+    def counted(self) -> dict[int, str]:
+        """Seeds finished before this sweep (not launched by it) -> their runs: the sweep run
+        names them as skipped jobs, so that its study (replicate, report) includes them."""
+        return {s: r for s, r in self.run_ids.items() if s not in self.launched}
+
+    def update(
+        self,
+        finished: dict[str, dict[str, float]],
+        options: SequentialOptions,
+        run_ids: dict[str, str] | None = None,
+    ) -> None:
+        """Take the store's finished runs (config_hash -> stage -> metric, and config_hash ->
+        run id) and decide again."""
         by_hash = {digest: seed for seed, digest in self.hashes.items()}
         self.values = {}
+        self.run_ids = {by_hash[d]: r for d, r in (run_ids or {}).items() if d in by_hash}
         for digest, stages in finished.items():
             if digest in by_hash:
                 for stage, value in stages.items():

@@ -133,7 +133,7 @@ class SequentialSweeper(Sweeper):
 
     def look(self, studies: list[VariantStudy], look: int, sweep_dir: Path) -> None:
         """Read the finished runs, decide every variant, log a line each, tag the sweep run."""
-        from pipeline.tracking.sweeps import finished_stage_values, record_verdicts
+        from pipeline.tracking.sweeps import SKIPPED_JOB, finished_stage_values, record_verdicts
 
         by_store: dict[str, list[VariantStudy]] = {}
         for study in studies:
@@ -142,11 +142,17 @@ class SequentialSweeper(Sweeper):
             hashes = [study.variant_hash for study in group]
             found = finished_stage_values(group[0].tracking, hashes, self.options.metric)
             for study in group:
-                study.update(found.get(study.variant_hash, {}), self.options)
+                runs = found.get(study.variant_hash, {})
+                values = {digest: stages for digest, (_, stages) in runs.items()}
+                ids = {digest: run_id for digest, (run_id, _) in runs.items()}
+                study.update(values, self.options, ids)
         for study in studies:
             log.info("look %d: %s", look, study.summary())
         tracking = studies[0].tracking
         run_id = sweep_run_in(sweep_dir, tracking)
         if run_id is not None:
             tags, metrics = verdict_record(studies, self.options)
+            for study in studies:  # what the store held already counts: named as sweeps.py does
+                for seed, counted in study.counted.items():
+                    tags[f"{SKIPPED_JOB}{study.index}.seed{seed}"] = counted
             record_verdicts(tracking, run_id, tags, metrics, look)

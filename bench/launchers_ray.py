@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,8 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+
+from pipeline.tracking import server as tracking_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = PROJECT_ROOT / ".ci" / "ray-cluster"
@@ -56,34 +56,14 @@ RAY_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` on SQLite, 127.0.0.1, a free port; waits (90 s at most) until healthy."""
-    import requests
-
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-        "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).ok:
-                return server, url
-        except requests.RequestException:
-            time.sleep(0.5)
-    os.killpg(server.pid, signal.SIGKILL)
-    raise SystemExit("error: mlflow server did not start within 90 s")
+    try:
+        return tracking_server.start_server(
+            f"sqlite:///{folder / 'server.db'}", folder / "artifacts", timeout_s=90
+        )
+    except tracking_server.ServerDidNotStart as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def cluster(command: str, state: Path) -> str:
@@ -202,8 +182,7 @@ def main() -> None:
             samples = measure(options.repeats, options.jobs, url, work, address)
         finally:
             cluster("stop", state)
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+            tracking_server.stop_server(server)
     results = figures(samples, options.jobs)
     ratios = report(results, options.jobs)
     record = {

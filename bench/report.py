@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ from pipeline.report.__main__ import ReportConfig, make_report
 from pipeline.report.render import write_report
 from pipeline.report.study import build_study
 from pipeline.tracking.query import ExperimentRun, record_of
+from pipeline.tracking.server import start_server, stop_server
 
 EXPERIMENT = "bench-report"
 STAGES = {"scratch": 0.70, "feature_extraction": 0.85, "fine_tune": 0.90}
@@ -179,32 +178,12 @@ def measure(side, uri: str, out: Path) -> tuple[float, float]:
 @contextmanager
 def mlflow_server(db_uri: str, workdir: Path) -> Iterator[str]:
     """`mlflow server` on a free port of 127.0.0.1 over `db_uri`; its URL once it answers."""
-    import requests
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", db_uri, "--workers", "1",
-        "--artifacts-destination", str(workdir / "server-artifacts"),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    # a busy 2-core machine can take minutes
+    process, url = start_server(db_uri, workdir / "server-artifacts", timeout_s=300)
     try:
-        deadline = time.monotonic() + 300  # a busy 2-core machine can take minutes
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server on {url} did not start") from None
-                time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_server(process)
 
 
 def bench(parents: int, epochs: int, repeats: int, workdir: Path, server: bool) -> None:

@@ -15,31 +15,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
-import requests
 
 from pipeline import PROJECT_ROOT
+from pipeline.tracking.server import ServerDidNotStart, family, free_port, start_server, stop_server
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15 (.ci/install-packages)
 PG_USER = "postgres"  # initdb refuses root: as root, the cluster is the postgres user's
 START_S = 120  # a daemon not up in this long is a failure (the server migrates a new database)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def as_database_user() -> dict:
@@ -64,34 +54,6 @@ def leftover(pids: set[int], settle: float = 10) -> list[str]:
         except psutil.NoSuchProcess:
             continue
     return alive
-
-
-def family(pid: int) -> set[int]:
-    """`pid` and every descendant of it now."""
-    try:
-        process = psutil.Process(pid)
-        return {pid, *(child.pid for child in process.children(recursive=True))}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def stop_stragglers(pids: set[int], grace: float = 10) -> None:
-    """The server's children that outlive it (MLflow's huey job consumers wind down on their
-    own, seconds later): SIGTERM, then SIGKILL after `grace` seconds."""
-    alive = []
-    for pid in pids:
-        try:
-            alive.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, still = psutil.wait_procs(alive, timeout=grace)
-    for process in still:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(still, timeout=grace)
 
 
 @dataclass
@@ -138,44 +100,21 @@ class PgTrackingServer:
         self.pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.folder / "data"))
 
     def start_server(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-            "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", self.database_uri,
-            "--artifacts-destination", str(self.folder / "artifacts"),
-        ]  # fmt: skip
-        log = (self.folder / "server.log").open("ab")
-        self.server = subprocess.Popen(
-            command, stdout=log, stderr=log, start_new_session=True, cwd=self.folder
-        )
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline and self.server.poll() is None:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    self.seen |= family(self.server.pid)
-                    return
-            except requests.RequestException:
-                time.sleep(0.5)
-        self.stop_server()
-        tail = (self.folder / "server.log").read_text(errors="replace")[-2000:]
-        pytest.fail(f"mlflow server on {self.database_uri} did not start: {tail}")
+        """The server on its port (the same after a restart), its output in server.log."""
+        try:
+            self.server, _ = start_server(
+                self.database_uri, self.folder / "artifacts", port=self.port,
+                log=self.folder / "server.log", cwd=self.folder, timeout_s=START_S,
+            )  # fmt: skip
+        except ServerDidNotStart as error:
+            pytest.fail(str(error))
+        self.seen |= family(self.server.pid)
 
     def stop_server(self) -> None:
-        """SIGTERM to the server's process group (gunicorn/uvicorn workers too), SIGKILL after
-        30 s."""
-        if self.server is None or self.server.poll() is not None:
-            self.server = None
-            return
-        started = family(self.server.pid)
-        self.seen |= started
-        os.killpg(self.server.pid, signal.SIGTERM)
-        try:
-            self.server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.server.pid, signal.SIGKILL)
-            self.server.wait(timeout=30)
+        """SIGTERM to the server's process group, SIGKILL after 30 s, then its stragglers."""
+        if self.server is not None:
+            self.seen |= stop_server(self.server)
         self.server = None
-        stop_stragglers(started)
 
     def close(self) -> list[str]:
         """Stop both; the processes still alive, if any (there should be none)."""

@@ -2,66 +2,45 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
+from pipeline.tracking import server as tracking_server
+from tests.clusters import leftover
 from tests.conftest import copy_store, headless, run_cli, runs_by_stage
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(tmp_path: Path, store: Path) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, store: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` bound to 127.0.0.1 with proxied artifacts; its SQLite backend a copy of
     `store` (a migrated one: a new store's migrations take seconds)."""
-    copy_store(store, tmp_path / "server.db")
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"mlflow server did not start: {process.stderr.read().decode()[-2000:]}")
-    return process, url
+    backend = copy_store(store, folder / "server.db")
+    try:
+        return tracking_server.start_server(
+            backend, folder / "server-artifacts", log=folder / "server.log", timeout_s=90
+        )
+    except tracking_server.ServerDidNotStart as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture
 def server(tmp_path: Path, migrated_store: Path):
     process, url = start_server(tmp_path, migrated_store)
     yield url
-    process.terminate()
-    process.wait(timeout=30)
+    left = leftover(tracking_server.stop_server(process))
+    assert left == [], f"processes left behind: {left}"
 
 
-def kill_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)  # with its gunicorn/uvicorn workers
-    process.wait(timeout=30)
+def kill_server(process: subprocess.Popen) -> set[int]:
+    """SIGKILL, without notice, to the server and its gunicorn/uvicorn workers (then to any child
+    that left its process group); the processes it had."""
+    return tracking_server.stop_server(process, kill=True)
 
 
 def scratch_running(url: str) -> bool:
@@ -96,7 +75,7 @@ def test_a_dead_server_stops_the_command_in_one_line_naming_it(tmp_path, migrate
         while not scratch_running(url) and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
-        kill_server(process)
+        server_processes = kill_server(process)
     if how == "sigterm":
         time.sleep(3)  # training goes on while writes fail
         job.send_signal(signal.SIGTERM)
@@ -108,6 +87,7 @@ def test_a_dead_server_stops_the_command_in_one_line_naming_it(tmp_path, migrate
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert f"the tracking server {url} is unreachable" in lines[0]
+    assert leftover(server_processes) == []
 
 
 @pytest.mark.slow

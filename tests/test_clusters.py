@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -331,3 +332,32 @@ def test_the_server_and_the_database_restarted_mid_sweep_lose_nothing_logged(
     through_server, from_database = report_jsons(reports, "restart", sweep_dir)
     assert through_server == from_database
     assert slurm_cluster.queue() == []
+
+
+def test_two_processes_ending_the_same_orphans_at_once_both_succeed(pg_server: PgTrackingServer):
+    """Two jobs of a rerun sweep start together and both find the same orphans: each sets the
+    `error` tag, and on PostgreSQL the second insert of that tag used to fail the job with a
+    UniqueViolation on `tag_pk`. Both must end without error, every orphan FAILED once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.tracking.query import StoreReader
+    from pipeline.tracking.runs import mark_orphans
+
+    client = MlflowClient(pg_server.uri)
+    experiment_id = client.create_experiment(f"orphans-{time.monotonic_ns()}")
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # its pid now names no process: the runs' owner died (kill -9)
+    dead = {"host": socket.gethostname(), "pid": str(ended.pid)}
+    orphans = [client.create_run(experiment_id, tags=dead).info.run_id for _ in range(24)]
+
+    def sweep_start() -> list[str]:
+        own = MlflowClient(pg_server.uri)
+        return mark_orphans(own, StoreReader(own, [experiment_id]), orphan_after_s=60)
+
+    with ThreadPoolExecutor(2) as pool:
+        found = [future.result() for future in [pool.submit(sweep_start) for _ in range(2)]]
+    assert set(found[0]) | set(found[1]) == set(orphans)
+    for run_id in orphans:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["error"].startswith("orphaned: process ")

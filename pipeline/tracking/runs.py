@@ -15,6 +15,7 @@ import socket
 import time
 from datetime import datetime, timezone
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.interrupts import interrupt_received
@@ -124,15 +125,27 @@ def orphan_reason(run: RunRecord, silent: dict[tuple, int]) -> str:
     return f"orphaned: process {run.tags['pid']} on {run.tags['host']} silent since {since}"
 
 
+def end_orphan(client: MlflowClient, run_id: str, reason: str) -> bool:
+    """End an orphan FAILED with its reason; False when another process ends it at this moment
+    (the jobs of a rerun sweep start together and find the same orphans: the second insert of
+    the `error` tag fails on PostgreSQL with a unique-key violation, and the first ends the run)."""
+    try:
+        client.set_tag(run_id, "error", reason)
+    except MlflowException:
+        if "error" in client.get_run(run_id).data.tags:
+            return False
+        raise
+    terminate_run(client, run_id, "FAILED")
+    return True
+
+
 def mark_orphans(client: MlflowClient, reader: StoreReader, orphan_after_s: float) -> list[str]:
     """End FAILED the RUNNING runs whose process is dead: on this host, no such pid (kill -9,
     power loss); on another host, no heartbeat for `orphan_after_s` (a node or job killed)."""
     running = reader.running_runs()
     silent = silent_processes(running, orphan_after_s)
-    orphans = [r for r in running if process_dead(r.tags) or owner_of(r) in silent]
-    for run in orphans:
-        client.set_tag(run.run_id, "error", orphan_reason(run, silent))
-        terminate_run(client, run.run_id, "FAILED")
+    found = [r for r in running if process_dead(r.tags) or owner_of(r) in silent]
+    orphans = [r for r in found if end_orphan(client, r.run_id, orphan_reason(r, silent))]
     if orphans:
         log.warning(
             "marked %d orphaned RUNNING run(s) FAILED: %s",

@@ -1,12 +1,16 @@
 """A real two-node Ray cluster on this host (`.ci/ray-cluster`: `ray start --head` and `ray start
 --address=...` as separate processes, 1 CPU and a resource of its own each) running sweeps
 through `hydra/launcher=ray hydra.launcher.ray.init.address=auto` against a real `mlflow server`.
-The commands are docs/scaling-out-ray.md's."""
+The cluster, the server and the sweeps run in a network namespace whose only interface is `lo`
+(tests/netns.py; on the host's network where the machine refuses one); the tests read the
+server's SQLite file. The commands are docs/scaling-out-ray.md's. One cluster serves the module's
+tests, in order: the last one loses the worker node."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +25,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from tests.test_server import kill_server, start_server
+from tests.conftest import copy_store
+from tests.netns import Namespace, on_loopback, open_namespace
 
 CLUSTER_SCRIPT = PROJECT_ROOT / ".ci" / "ray-cluster"
 RAY_DAEMONS = {"raylet", "gcs_server"}
@@ -67,6 +72,8 @@ def described(pid: int) -> str:
 class RayCluster:
     variables: dict[str, str]  # what `start` prints: RAY_ADDRESS, RAY_AUTH_MODE, ..._TOKEN_PATH
     state: Path  # the cluster's temp folder (sessions, logs, sockets)
+    namespace: Namespace
+    before: set[int]  # Ray processes on the host before the cluster started (a parallel test's)
 
     @property
     def address(self) -> str:
@@ -87,30 +94,39 @@ class RayCluster:
         return next(arg.split("=", 1)[1] for arg in args if arg.startswith("--node_id="))
 
 
-def cluster_script(command: str, state: Path) -> subprocess.CompletedProcess:
+def cluster_script(command: str, state: Path, namespace: Namespace) -> subprocess.CompletedProcess:
     env = {**os.environ, "TL_RAY_STATE": str(state)}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # this venv's `ray`
     return subprocess.run(
-        [str(CLUSTER_SCRIPT), command], env=env, capture_output=True, text=True, timeout=300
-    )
+        [*namespace.prefix, str(CLUSTER_SCRIPT), command], env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
 
 
-@pytest.fixture
-def ray_cluster() -> Iterator[RayCluster]:
+@pytest.fixture(scope="module")
+def namespace() -> Iterator[Namespace]:
+    """A network namespace with only `lo`, for the module's daemons and sweeps."""
+    made = open_namespace()
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(namespace: Namespace) -> Iterator[RayCluster]:
     """Two nodes started by `.ci/ray-cluster start`, stopped by `.ci/ray-cluster stop`; no Ray
     process of theirs is left (checked). A short folder: Ray's socket paths must stay short."""
     before = ray_processes()
     state = Path(tempfile.mkdtemp(prefix="tl-ray-", dir="/tmp"))
-    started = cluster_script("start", state)
+    started = cluster_script("start", state, namespace)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         variables = dict(line.split("=", 1) for line in started.stdout.split())
         assert variables["RAY_ADDRESS"].startswith("127.0.0.1:")
         assert variables["RAY_AUTH_MODE"] == "token"
         assert Path(variables["RAY_AUTH_TOKEN_PATH"]).parent == state
-        yield RayCluster(variables, state)
+        yield RayCluster(variables, state, namespace, before)
     finally:
-        stopped = cluster_script("stop", state)
+        stopped = cluster_script("stop", state, namespace)
         assert stopped.returncode == 0, stopped.stderr[-2000:]
         deadline = time.monotonic() + 30  # a lost node's workers end on their own, soon
         while ray_processes() - before and time.monotonic() < deadline:
@@ -120,25 +136,70 @@ def ray_cluster() -> Iterator[RayCluster]:
         assert not state.exists()
 
 
-@pytest.fixture
-def tracking_server(tmp_path: Path, migrated_store: Path) -> Iterator[str]:
-    """A tracking server on 127.0.0.1 (SQLite behind `mlflow server`; a PostgreSQL-backed one
-    can replace it: the tests need only its URL)."""
-    process, url = start_server(tmp_path / "server", migrated_store)
-    yield url
-    kill_server(process)
+@dataclass
+class TrackingServer:
+    url: str  # what the sweeps log to (inside the namespace)
+    store: str  # its SQLite backend, which the tests read: no network needed
+    process: subprocess.Popen
 
 
-def ray_sweep(cluster: RayCluster, url: str, sweep_dir: Path, *extra: str) -> list[str]:
-    """Four seconds-long jobs (seeds 0-3, scratch only), one CPU each: with one CPU a node, Ray
-    runs one job on each node at a time."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# Until the server answers /health, inside the namespace (bounded: 90 s).
+HEALTHY = """
+import sys, time, urllib.request
+deadline = time.monotonic() + 90
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(sys.argv[1] + "/health", timeout=1)
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def tracking_server(
+    tmp_path_factory, migrated_store: Path, namespace: Namespace
+) -> Iterator[TrackingServer]:
+    """`mlflow server` on 127.0.0.1 in the namespace, its SQLite backend a copy of a migrated
+    store (a PostgreSQL-backed one can replace it: the sweeps need only its URL)."""
+    folder = tmp_path_factory.mktemp("ray-server")
+    store = copy_store(migrated_store, folder / "server.db")
+    port = free_port()
+    command = [
+        *namespace.prefix, sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+        "--port", str(port), "--backend-store-uri", store,
+        "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        healthy = subprocess.run([*namespace.prefix, sys.executable, "-c", HEALTHY, url])
+        assert healthy.returncode == 0, "mlflow server did not answer within 90 s"
+        yield TrackingServer(url, store, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # with its uvicorn workers
+        process.wait(timeout=30)
+
+
+def ray_sweep(server: TrackingServer, sweep_dir: Path, experiment: str, *extra: str) -> list[str]:
+    """Seconds-long jobs (scratch only), one CPU each: with one CPU a node, Ray runs one job on
+    each node at a time."""
     return [
         sys.executable, "-m", "pipeline", "-m", "hydra/launcher=ray",
         "hydra.launcher.ray.init.address=auto",
         "+hydra.launcher.ray.init.object_store_memory=null",  # the launcher's default: refused
         "+hydra.launcher.ray.remote.num_cpus=1",
-        "seed=0,1,2,3", "debug=smoke", "stages=[scratch]", *extra,
-        f"tracking.uri={url}", "tracking.experiment_name=ray-cluster",
+        "debug=smoke", "stages=[scratch]", *extra,
+        f"tracking.uri={server.url}", f"tracking.experiment_name={experiment}",
         f"hydra.sweep.dir={sweep_dir}", f"hydra.run.dir={sweep_dir.parent / 'out'}",
     ]  # fmt: skip
 
@@ -150,40 +211,39 @@ def sweep_env(cluster: RayCluster) -> dict[str, str]:
 
 def run_sweep(command: list[str], cluster: RayCluster) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command, cwd=PROJECT_ROOT, env=sweep_env(cluster), capture_output=True, text=True,
-        timeout=400,
+        [*cluster.namespace.prefix, *command], cwd=PROJECT_ROOT, env=sweep_env(cluster),
+        capture_output=True, text=True, timeout=400,
     )  # fmt: skip
 
 
-def job_runs(url: str) -> list:
-    """Every job's parent run (no `stage` tag), oldest first."""
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name("ray-cluster")
-    if experiment is None:
+def all_runs(server: TrackingServer, experiment: str) -> list:
+    """The experiment's runs, read from the server's SQLite file; none before it exists."""
+    client = MlflowClient(server.store)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         return []
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [run for run in runs if "stage" not in run.data.tags]
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def all_runs(url: str) -> list:
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name("ray-cluster")
-    return client.search_runs([experiment.experiment_id])
+def job_runs(server: TrackingServer, experiment: str) -> list:
+    """Every job's parent run (no `stage` tag), oldest first."""
+    return [run for run in all_runs(server, experiment) if "stage" not in run.data.tags]
 
 
 def test_a_sweep_runs_its_jobs_on_both_nodes_of_a_ray_cluster(
     tmp_path, ray_cluster, tracking_server
 ):
-    done = run_sweep(ray_sweep(ray_cluster, tracking_server, tmp_path / "sweep"), ray_cluster)
+    command = ray_sweep(tracking_server, tmp_path / "sweep", "both-nodes", "seed=0,1")
+    done = run_sweep(command, ray_cluster)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert (
         f"Using address {ray_cluster.address} set in the environment variable RAY_ADDRESS" in output
     )
     assert "Started a local Ray instance" not in output
-    jobs = job_runs(tracking_server)
-    assert sorted(run.data.tags["seed"] for run in jobs) == ["0", "1", "2", "3"]
-    assert all(run.info.status == "FINISHED" for run in all_runs(tracking_server))
+    jobs = job_runs(tracking_server, "both-nodes")
+    assert sorted(run.data.tags["seed"] for run in jobs) == ["0", "1"]
+    assert all(run.info.status == "FINISHED" for run in all_runs(tracking_server, "both-nodes"))
     nodes = {"head_node": ray_cluster.node_id("head_node")}
     nodes["worker_node"] = ray_cluster.node_id("worker_node")
     placed = {run.data.tags["seed"]: run.data.tags["ray_node_id"] for run in jobs}
@@ -193,40 +253,67 @@ def test_a_sweep_runs_its_jobs_on_both_nodes_of_a_ray_cluster(
     assert len(hosts) == 1, "one host, two nodes: only ray_node_id tells them apart"
 
 
-def wait_for_running_job(url: str, node_id: str, timeout_s: float = 240) -> None:
-    """Until a job's scratch stage runs on the node `node_id` (bounded in time)."""
-    deadline = time.monotonic() + timeout_s
+def test_the_cluster_and_its_server_listen_on_the_loopback_only(ray_cluster, tracking_server):
+    """Every listening socket of the cluster's processes (daemons, agents, the workers left by
+    the sweep before) and of the tracking server is on the loopback, inside a namespace whose
+    only interface is `lo`."""
+    namespace = ray_cluster.namespace
+    if namespace.refused:
+        pytest.skip(namespace.refused)
+    server = psutil.Process(tracking_server.process.pid)
+    pids = sorted(ray_processes() - ray_cluster.before)
+    pids += [server.pid, *(child.pid for child in server.children(recursive=True))]
+    assert [described(pid) for pid in pids if not namespace.holds(pid)] == []
+    seen = namespace.listening(pids)
+    assert seen["interfaces"] == ["lo"]
+    listening = {int(pid): addresses for pid, addresses in seen["listening"].items()}
+    daemons = [pid for pid in pids if psutil.Process(pid).name() in RAY_DAEMONS]
+    assert len(daemons) == 3 and all(listening.get(pid) for pid in daemons), listening
+    beyond = {
+        described(pid): addresses
+        for pid, addresses in listening.items()
+        if not all(on_loopback(address, seen["interfaces"]) for address in addresses)
+    }
+    assert beyond == {}
+
+
+def wait_for_worker_job(server: TrackingServer, experiment: str, node_id: str) -> None:
+    """Until a job has finished and another job's scratch stage runs on the node `node_id`
+    (bounded in time)."""
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        try:
-            runs = all_runs(url)
-        except Exception:  # the experiment does not exist yet
-            runs = []
-        if any(
+        runs = all_runs(server, experiment)
+        finished = any(
+            run.info.status == "FINISHED" and "stage" not in run.data.tags for run in runs
+        )
+        if finished and any(
             run.data.tags.get("ray_node_id") == node_id
             and run.data.tags.get("stage") == "scratch"
             and run.info.status == "RUNNING"
             for run in runs
         ):
             return
-        time.sleep(1)
-    pytest.fail(f"no job ran on node {node_id} within {timeout_s} s")
+        time.sleep(0.5)
+    pytest.fail(f"no job finished, then ran on node {node_id}, within 240 s")
 
 
-def test_a_worker_node_lost_mid_sweep_its_job_runs_again_on_the_other_node(
+def test_a_worker_node_lost_mid_sweep_ends_the_sweep_in_one_line_and_the_rerun_finishes_it(
     tmp_path, ray_cluster, tracking_server
 ):
-    """The worker node's raylet killed while it runs a job: Ray says which node died and runs
-    the task again (its default retries) on the head node; the lost attempt's runs end FAILED
-    (the orphan rule: its process is gone); the same command again skips all four jobs."""
+    """The worker node's raylet killed while it runs a job, with Ray's retries off: the sweep
+    ends in one line naming the node (exit 1); the same command again ends the lost attempt's
+    runs FAILED (the orphan rule: its process is gone) and runs only the jobs that did not
+    finish, on the head node. Last in the module: the worker node stays lost."""
     worker = ray_cluster.node_id("worker_node")
-    long_jobs = ["train.epochs.scratch=30", "train.patience=100"]
-    command = ray_sweep(ray_cluster, tracking_server, tmp_path / "sweep", *long_jobs)
+    long_jobs = ["seed=0,1,2,3", "train.epochs.scratch=20", "train.patience=100"]
+    no_retries = "+hydra.launcher.ray.remote.max_retries=0"
+    command = ray_sweep(tracking_server, tmp_path / "sweep", "lost-node", *long_jobs, no_retries)
     sweep = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=sweep_env(ray_cluster), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [*ray_cluster.namespace.prefix, *command], cwd=PROJECT_ROOT, env=sweep_env(ray_cluster),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for_running_job(tracking_server, worker)
+        wait_for_worker_job(tracking_server, "lost-node", worker)
         ray_cluster.raylet("worker_node").send_signal(signal.SIGKILL)
         stdout, stderr = sweep.communicate(timeout=400)
     finally:
@@ -234,18 +321,23 @@ def test_a_worker_node_lost_mid_sweep_its_job_runs_again_on_the_other_node(
             sweep.kill()
             sweep.wait(timeout=30)
     output = stdout + stderr
-    assert sweep.returncode == 0, output[-3000:]
-    lost = [line for line in output.splitlines() if worker in line]
-    assert any("node it was running on is dead" in line for line in lost), output[-3000:]
-    runs = all_runs(tracking_server)
-    assert [run for run in runs if run.info.status == "RUNNING"] == []
-    jobs = job_runs(tracking_server)
-    finished = sorted(run.data.tags["seed"] for run in jobs if run.info.status == "FINISHED")
-    assert finished == ["0", "1", "2", "3"]
-    (attempt,) = [run for run in jobs if run.info.status == "FAILED"]
-    assert attempt.data.tags["ray_node_id"] == worker
-    assert attempt.data.tags["error"].startswith("orphaned: process ")
+    assert sweep.returncode == 1, output[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert f"Ray node {worker}" in errors[0] and "lost while it ran a job" in errors[0]
+    jobs = job_runs(tracking_server, "lost-node")
+    done_before = sorted(run.data.tags["seed"] for run in jobs if run.info.status == "FINISHED")
+    assert 1 <= len(done_before) < 4, [(r.data.tags["seed"], r.info.status) for r in jobs]
     again = run_sweep(command, ray_cluster)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert ": 0 finished, 0 failed, 4 skipped" in again.stdout + again.stderr
-    assert len(job_runs(tracking_server)) == len(jobs), "nothing ran again"
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    rerun = 4 - len(done_before)
+    assert f": {rerun} finished, 0 failed, {len(done_before)} skipped" in output, output[-3000:]
+    runs = all_runs(tracking_server, "lost-node")
+    assert [run for run in runs if run.info.status == "RUNNING"] == []
+    jobs = job_runs(tracking_server, "lost-node")
+    finished = sorted(run.data.tags["seed"] for run in jobs if run.info.status == "FINISHED")
+    assert finished == ["0", "1", "2", "3"], "each job finished once: none ran twice"
+    lost = [run for run in jobs if run.data.tags.get("ray_node_id") == worker]
+    lost = [run for run in lost if run.info.status == "FAILED"]
+    assert len(lost) == 1 and lost[0].data.tags["error"].startswith("orphaned: process ")

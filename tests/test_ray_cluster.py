@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -88,6 +89,18 @@ class RayCluster:
             if process.info["name"] == "raylet" and mine and f"{resource},1" in " ".join(args):
                 return process
         raise AssertionError(f"no raylet with resource {resource} in {self.state}")
+
+    def processes(self) -> dict[int, str]:
+        """This cluster's processes by pid, with their names: those naming its folder (daemons,
+        services), and their children (workers, agents)."""
+        found = {}
+        for process in psutil.process_iter(["name", "cmdline"]):
+            if any(str(self.state) in arg for arg in process.info["cmdline"] or []):
+                found[process.pid] = process.info["name"]
+                with suppress(psutil.Error):  # ended meanwhile
+                    children = process.children(recursive=True)
+                    found.update({child.pid: child.name() for child in children})
+        return found
 
     def node_id(self, resource: str) -> str:
         args = self.raylet(resource).cmdline()
@@ -254,21 +267,24 @@ def test_a_sweep_runs_its_jobs_on_both_nodes_of_a_ray_cluster(
 
 
 def test_the_cluster_and_its_server_listen_on_the_loopback_only(ray_cluster, tracking_server):
-    """Every listening socket of the cluster's processes (daemons, agents, the workers left by
-    the sweep before) and of the tracking server is on the loopback, inside a namespace whose
-    only interface is `lo`."""
+    """Every process of the cluster (daemons, agents, Python services, the workers the sweep
+    before left) and the tracking server run in the namespace, whose only interface is `lo`, and
+    every socket a process there listens on is on the loopback."""
     namespace = ray_cluster.namespace
     if namespace.refused:
         pytest.skip(namespace.refused)
     server = psutil.Process(tracking_server.process.pid)
-    pids = sorted(ray_processes() - ray_cluster.before)
-    pids += [server.pid, *(child.pid for child in server.children(recursive=True))]
-    assert [described(pid) for pid in pids if not namespace.holds(pid)] == []
-    seen = namespace.listening(pids)
+    cluster = ray_cluster.processes()
+    started = [*cluster, server.pid, *(child.pid for child in server.children(recursive=True))]
+    outside = [pid for pid in started if not namespace.holds(pid)]
+    assert [described(pid) for pid in outside if psutil.pid_exists(pid)] == []
+    inside = [pid for pid in psutil.pids() if namespace.holds(pid)]
+    seen = namespace.listening(inside)
     assert seen["interfaces"] == ["lo"]
     listening = {int(pid): addresses for pid, addresses in seen["listening"].items()}
-    daemons = [pid for pid in pids if psutil.Process(pid).name() in RAY_DAEMONS]
+    daemons = [pid for pid, name in cluster.items() if name in RAY_DAEMONS]
     assert len(daemons) == 3 and all(listening.get(pid) for pid in daemons), listening
+    assert listening.get(server.pid) or any(listening.get(c.pid) for c in server.children())
     beyond = {
         described(pid): addresses
         for pid, addresses in listening.items()

@@ -294,3 +294,25 @@ def test_a_bad_launcher_value_exits_2_and_logs_no_sweep_run(tmp_path, store_uri)
     study = MlflowClient(store_uri).get_experiment_by_name("transfer-lab")
     assert study is None or MlflowClient(store_uri).search_runs([study.experiment_id]) == []
     assert not sweep.exists()
+
+
+@needs_ray
+def test_a_ray_node_lost_under_a_job_is_one_line_naming_it():
+    """The line the sweep ends with (tests/test_ray_cluster.py loses a real node); the wrap of
+    the Ray launcher's `launch` is made once."""
+    from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
+    from ray.exceptions import NodeDiedError
+
+    from pipeline.sweeps.ray_nodes import lost_node_line, report_lost_nodes
+
+    node = "4e998e27" * 7
+    said = f"Task failed: the node is dead. Node IP: 127.0.0.1, node ID: {node}\nmore detail"
+    line = lost_node_line(NodeDiedError(said))
+    assert "\n" not in line
+    assert line.startswith(f"error: Ray node {node} (?) was lost while it ran a job")
+    assert "(NodeDiedError: Task failed: the node is dead." in line
+    assert "the same command again runs only the jobs that did not finish" in line
+    report_lost_nodes()
+    wrapped = RayLauncher.launch
+    report_lost_nodes()
+    assert RayLauncher.launch is wrapped and wrapped.reports_lost_nodes

@@ -41,12 +41,10 @@ def multirun(argv: list[str]) -> bool:
 def main(argv: list[str]) -> None:
     """Compose and check the command line, then run Hydra's app; exits the process."""
     if multirun(argv):
-        from pipeline.sweeps.ray_nodes import report_lost_nodes
         from pipeline.sweeps.sequential_options import expose_plugin
         from pipeline.sweeps.stop import prepare
 
         expose_plugin()  # hydra/sweeper=sequential, before Hydra lists its plugins
-        report_lost_nodes()  # a Ray node lost under a job: one line, not a traceback
         prepare()
         signal.signal(signal.SIGINT, stop_sweep)
         signal.signal(signal.SIGTERM, stop_sweep)

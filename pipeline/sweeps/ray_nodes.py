@@ -15,6 +15,8 @@ import re
 import time
 
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 NODE_ID = re.compile(r"\b[0-9a-f]{56}\b")  # a Ray node ID: 28 bytes, in hex
 DEAD_NODE_WAIT_S = 10.0  # the GCS marks a killed node dead within seconds
@@ -22,6 +24,16 @@ DEAD_NODE_WAIT_S = 10.0  # the GCS marks a killed node dead within seconds
 
 class RayNodeLost(CompactHydraException):
     """A Ray node died while it ran a sweep's job."""
+
+
+class ReportLostRayNodes(Callback):
+    """Registered in conf/config.yaml. It wraps the launcher at the sweep's start, once Hydra has
+    loaded its plugins: Hydra's plugin scan executes the plugin's modules again, which would
+    replace a wrap made before it."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if "hydra_ray_launcher" in str(config.hydra.launcher.get("_target_", "")):
+            report_lost_nodes()
 
 
 def report_lost_nodes() -> None:

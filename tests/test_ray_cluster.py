@@ -343,6 +343,7 @@ def test_a_worker_node_lost_mid_sweep_ends_the_sweep_in_one_line_and_the_rerun_f
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
     assert f"Ray node {worker}" in errors[0] and "lost while it ran a job" in errors[0]
+    print("the lost sweep's error line:", errors[0])
     jobs = job_runs(tracking_server, "lost-node")
     done_before = sorted(run.data.tags["seed"] for run in jobs if run.info.status == "FINISHED")
     assert 1 <= len(done_before) < 4, [(r.data.tags["seed"], r.info.status) for r in jobs]

@@ -62,7 +62,7 @@ def report_lost_nodes() -> None:
 def lost_node_line(error: Exception) -> str:
     """One line: which node was lost (its ID and address), Ray's own first line, what to do."""
     said = str(error).strip().splitlines()
-    detail = said[0] if said else type(error).__name__
+    detail = said[0].split(". ")[0].rstrip(".") if said else "no message"  # its first sentence
     nodes = named_nodes(NODE_ID.findall(str(error)))
     return (
         f"error: Ray node {nodes} was lost while it ran a job ({type(error).__name__}: {detail}); "

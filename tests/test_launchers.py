@@ -310,7 +310,7 @@ def test_a_ray_node_lost_under_a_job_is_one_line_naming_it():
     line = lost_node_line(NodeDiedError(said))
     assert "\n" not in line
     assert line.startswith(f"error: Ray node {node} (?) was lost while it ran a job")
-    assert "(NodeDiedError: Task failed: the node is dead); runs marked FAILED" in line
+    assert "(NodeDiedError: Task failed: the node is dead); the sweep run ends FAILED" in line
     assert "the same command again runs only the jobs that did not finish" in line
     report_lost_nodes()
     wrapped = RayLauncher.launch

@@ -66,7 +66,7 @@ def lost_node_line(error: Exception) -> str:
     nodes = named_nodes(NODE_ID.findall(str(error)))
     return (
         f"error: Ray node {nodes} was lost while it ran a job ({type(error).__name__}: {detail}); "
-        "runs marked FAILED; the same command again runs only the jobs that did not finish "
+        "the sweep run ends FAILED; the same command again runs only the jobs that did not finish "
         "(HYDRA_FULL_ERROR=1 for the traceback)"
     )
 

@@ -144,8 +144,13 @@ def test_submitit_local_runs_a_sweep_as_submitit_jobs_against_a_tracking_server(
 
 @needs_ray
 @pytest.mark.slow
-def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(tmp_path, server):
-    """`ray.init` starts a local instance bound to 127.0.0.1 (no dashboard) and ends it."""
+def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(
+    tmp_path, server, monkeypatch
+):
+    """`ray.init` starts a local instance bound to 127.0.0.1 (no dashboard) and ends it. On Linux
+    Ray rewrites 127.0.0.1 to the host's routable address and listens on 0.0.0.0, unless told
+    it is a single-node instance (docs/scaling-out-ray.md: Loopback only)."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     sweep_dir = tmp_path / "sweep"
     ray = [
         "hydra/launcher=ray",

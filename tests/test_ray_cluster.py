@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from tests.conftest import copy_store
-from tests.netns import Namespace, on_loopback, open_namespace
+from tests.netns import Namespace, TrackingServer, on_loopback, open_namespace, serve_tracking
 
 CLUSTER_SCRIPT = PROJECT_ROOT / ".ci" / "ray-cluster"
 RAY_DAEMONS = {"raylet", "gcs_server"}
@@ -149,60 +147,13 @@ def ray_cluster(namespace: Namespace) -> Iterator[RayCluster]:
         assert not state.exists()
 
 
-@dataclass
-class TrackingServer:
-    url: str  # what the sweeps log to (inside the namespace)
-    store: str  # its SQLite backend, which the tests read: no network needed
-    process: subprocess.Popen
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-# Until the server answers /health, inside the namespace (bounded: 180 s, for a loaded machine).
-HEALTHY = """
-import sys, time, urllib.request
-deadline = time.monotonic() + 180
-while time.monotonic() < deadline:
-    try:
-        urllib.request.urlopen(sys.argv[1] + "/health", timeout=1)
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.5)
-sys.exit(1)
-"""
-
-
 @pytest.fixture(scope="module")
 def tracking_server(
     tmp_path_factory, migrated_store: Path, namespace: Namespace
 ) -> Iterator[TrackingServer]:
-    """`mlflow server` on 127.0.0.1 in the namespace, its SQLite backend a copy of a migrated
-    store (a PostgreSQL-backed one can replace it: the sweeps need only its URL)."""
-    folder = tmp_path_factory.mktemp("ray-server")
-    store = copy_store(migrated_store, folder / "server.db")
-    port = free_port()
-    command = [
-        *namespace.prefix, sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-        "--port", str(port), "--backend-store-uri", store,
-        "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey job runners
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        healthy = subprocess.run([*namespace.prefix, sys.executable, "-c", HEALTHY, url])
-        assert healthy.returncode == 0, "mlflow server did not answer within 180 s"
-        yield TrackingServer(url, store, process)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # with its uvicorn workers
-        process.wait(timeout=30)
+    """The module's tracking server, in its namespace; the tests read its SQLite file."""
+    with serve_tracking(tmp_path_factory.mktemp("ray-server"), migrated_store, namespace) as server:
+        yield server
 
 
 def ray_sweep(server: TrackingServer, sweep_dir: Path, experiment: str, *extra: str) -> list[str]:

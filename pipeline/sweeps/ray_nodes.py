@@ -5,7 +5,7 @@ launcher's `ray.get` raises NodeDiedError or WorkerCrashedError out of the sweep
 a long traceback. The launcher's `launch` (Hydra's public Launcher interface) is wrapped here: that
 error becomes a CompactHydraException, which Hydra prints as its message alone before it exits 1.
 The sweep run then ends FAILED at exit (callbacks.py), the lost job's runs are ended FAILED by the
-orphan rule, and the same command again runs only the jobs that did not finish.
+orphan rule at the next command, which runs only the jobs that did not finish.
 """
 
 from __future__ import annotations

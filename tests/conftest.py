@@ -31,6 +31,7 @@ LONGEST_FIRST = [
     "test_clusters.py",  # daemons (SLURM, PostgreSQL) and signalled SLURM jobs
     "test_search.py",
     "test_ray_cluster.py",
+    "test_slurm_loopback.py",  # a SLURM cluster up and down, one job
     "test_faults.py",
     "test_tracking_package.py",
     "test_launchers.py",

@@ -144,8 +144,13 @@ def test_submitit_local_runs_a_sweep_as_submitit_jobs_against_a_tracking_server(
 
 @needs_ray
 @pytest.mark.slow
-def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(tmp_path, server):
-    """`ray.init` starts a local instance bound to 127.0.0.1 (no dashboard) and ends it."""
+def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(
+    tmp_path, server, monkeypatch
+):
+    """`ray.init` starts a local instance bound to 127.0.0.1 (no dashboard) and ends it. On Linux
+    Ray rewrites 127.0.0.1 to the host's routable address and listens on 0.0.0.0, unless told
+    it is a single-node instance (docs/scaling-out-ray.md: Loopback only)."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     sweep_dir = tmp_path / "sweep"
     ray = [
         "hydra/launcher=ray",
@@ -294,3 +299,25 @@ def test_a_bad_launcher_value_exits_2_and_logs_no_sweep_run(tmp_path, store_uri)
     study = MlflowClient(store_uri).get_experiment_by_name("transfer-lab")
     assert study is None or MlflowClient(store_uri).search_runs([study.experiment_id]) == []
     assert not sweep.exists()
+
+
+@needs_ray
+def test_a_ray_node_lost_under_a_job_is_one_line_naming_it():
+    """The line the sweep ends with (tests/test_ray_cluster.py loses a real node); the wrap of
+    the Ray launcher's `launch` is made once."""
+    from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
+    from ray.exceptions import NodeDiedError
+
+    from pipeline.sweeps.ray_nodes import lost_node_line, report_lost_nodes
+
+    node = "4e998e27" * 7
+    said = f"Task failed: the node is dead. Node IP: 127.0.0.1, node ID: {node}\nmore detail"
+    line = lost_node_line(NodeDiedError(said))
+    assert "\n" not in line
+    assert line.startswith(f"error: Ray node {node} (?) was lost while it ran a job")
+    assert "(NodeDiedError: Task failed: the node is dead); the sweep run ends FAILED" in line
+    assert "the same command again runs only the jobs that did not finish" in line
+    report_lost_nodes()
+    wrapped = RayLauncher.launch
+    report_lost_nodes()
+    assert RayLauncher.launch is wrapped and wrapped.reports_lost_nodes

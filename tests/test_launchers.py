@@ -142,29 +142,6 @@ def test_submitit_local_runs_a_sweep_as_submitit_jobs_against_a_tracking_server(
     assert_two_finished_jobs(sweep, parents, sweep_dir)
 
 
-@needs_ray
-@pytest.mark.slow
-def test_ray_runs_a_sweep_on_a_local_ray_instance_against_a_tracking_server(
-    tmp_path, server, monkeypatch
-):
-    """`ray.init` starts a local instance bound to 127.0.0.1 (no dashboard) and ends it. On Linux
-    Ray rewrites 127.0.0.1 to the host's routable address and listens on 0.0.0.0, unless told
-    it is a single-node instance (docs/scaling-out-ray.md: Loopback only)."""
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    sweep_dir = tmp_path / "sweep"
-    ray = [
-        "hydra/launcher=ray",
-        "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
-        "+hydra.launcher.ray.init.include_dashboard=false",
-        "+hydra.launcher.ray.init.num_cpus=2",
-    ]
-    done = run_cli(smoke_sweep(ray, server, "ray", sweep_dir), tmp_path, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Started a local Ray instance" in done.stderr
-    sweep, parents = sweep_and_jobs(server, "ray")
-    assert_two_finished_jobs(sweep, parents, sweep_dir)
-
-
 @needs_optuna
 @pytest.mark.slow
 def test_optuna_sweeper_maximizes_the_objective_that_jobs_return(tmp_path, server):

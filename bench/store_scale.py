@@ -195,7 +195,8 @@ def page_open(html: str, workdir: Path) -> tuple[float, float]:
 
 def measure(uri: str, size: int, backend: str, args, workdir: Path) -> list[dict]:
     rows: dict[str, list] = {}
-    counter = Counter()
+    counter, load = Counter(), os.getloadavg()[0]
+    stamp = {"measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     with counter.counting():
         in_process(uri, size, counter)  # warm-up: imports, the server's first requests
     for _ in range(args.repeats):
@@ -212,7 +213,8 @@ def measure(uri: str, size: int, backend: str, args, workdir: Path) -> list[dict
     if backend == "sqlite":
         page, blank = page_open(report["html"], workdir)
         rows["page_open"] = [(page, 0, {"blank_page_s": blank})]
-    return [summary(size, backend, name, values) for name, values in rows.items()]
+    stamp["load_1min"] = [load, os.getloadavg()[0]]  # a shared machine's, at start and end
+    return [summary(size, backend, name, values) | stamp for name, values in rows.items()]
 
 
 def summary(size: int, backend: str, operation: str, values: list) -> dict:
@@ -349,15 +351,18 @@ def docs_table(result: dict) -> str:
     """The Markdown table of a result: sizes x operations x backends."""
     lines = [
         "| runs | backend | operation | median s | min s | max s | queries | CPU s "
-        "| peak RSS MiB |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MiB | measured (load) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(result["figures"], key=lambda r: (r["operation"], r["backend"], r["runs"])):
         rss = f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else ""
         cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else ""
+        when = r.get("measured", "")
+        if "load_1min" in r:
+            when += " ({:.1f} -> {:.1f})".format(*r["load_1min"])
         lines.append(
             f"| {r['runs']:,} | {r['backend']} | {r['operation']} | {r['seconds']:.4g} | "
-            f"{r['min']:.4g} | {r['max']:.4g} | {r['queries']} | {cpu} | {rss} |"
+            f"{r['min']:.4g} | {r['max']:.4g} | {r['queries']} | {cpu} | {rss} | {when} |"
         )
     return "\n".join(lines)
 
@@ -372,6 +377,9 @@ five trials in one invocation of ten, all nested under sweep runs. `queries` cou
 statements (SQLite) or HTTP requests (server) of one operation; `resume_check` is per job;
 `page_open` is headless Chromium started on report.html until its DOM is dumped (a blank page:
 `blank_page_s` in the JSON; the goal is checked on the difference, the page in a running browser).
+`measured (load)`: when the row's size and backend were measured, with the one-minute load average
+at the start and the end of that measurement (the machine is shared; `CPU s` is the maximum over
+the repeats).
 
 {table}
 

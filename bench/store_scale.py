@@ -400,8 +400,9 @@ How to read it: `report` is `python -m pipeline.report` as a command, wall time 
 (imports included), with the CPU seconds of its process (`CPU s`); on a shared machine whose load
 average is far above its CPU count, the CPU seconds are the nearer estimate of a quiet machine's
 wall time. Through a server, the server's own work is in the wall time only. Sizes missing from the
-table were not measured in this run (`bench/big_store.py --runs 5000` builds that store; it takes
-about half an hour on a quiet 2-core machine).
+table were not measured (`nice -n 10 python bench/big_store.py --runs 5000` builds that store:
+about an hour on a quiet 2-core machine, hours on a loaded one; an interrupted build resumes after
+its last finished sweep).
 """
 
 

@@ -17,7 +17,8 @@ Per `--runs` experiment runs (variants of 4 seeds, `lr.fine_tune` telling them a
 - one invocation in fifty FAILED with an `error` tag (a job that broke).
 
 Every run is written with `log_batch` (at most 1,000 metrics, 100 params, 100 tags a call). A
-built store is kept under `<tmp>/bench/store_scale/` keyed by its shape, so a repeat reuses it.
+built store is kept under `<tmp>/bench/store_scale/` keyed by its shape, so a repeat reuses it;
+an interrupted build resumes after its last finished sweep (same values and timestamps).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -194,33 +196,94 @@ def invocation(b: Builder, exp: str, sweep: str, index: int, params: dict, rng) 
     b.end(parent, "FAILED" if failed else "FINISHED")
 
 
+class DryBuilder(Builder):
+    """Writes nothing: replays the clock (and, through the callers, the random draws) of
+    sweeps already in a resumed store, so that the rest is written as one build would."""
+
+    def __init__(self):  # no client, no store
+        self.clock = 1_700_000_000_000
+        self.process, self.source = {}, {}
+
+    def run(self, experiment: str, name: str, tags: dict, parent: str | None = None) -> str:
+        self.tick()
+        return "dry"
+
+    def log(self, run_id: str, params: dict, metrics: list[tuple], tags: dict | None = None):
+        pass
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.tick()
+
+
+def sweep(b: Builder, exp: str, first: int, runs: int, params: dict, rng) -> None:
+    """One sweep run and its (up to SWEEP_SIZE) experiment runs, from index `first`."""
+    jobs = min(SWEEP_SIZE, runs - first)
+    sweep_id = b.run(exp, f"sweep-{first // SWEEP_SIZE}", {"stage": "sweep"})
+    b.log(sweep_id, {"overrides": f"seed=0,1,2,3 lr.fine_tune=... ({jobs} jobs)"}, [])
+    for index in range(first, first + jobs):
+        invocation(b, exp, sweep_id, index, params, rng)
+    b.log(sweep_id, {}, [("jobs_finished", jobs, 0), ("jobs_failed", 0, 0)])
+    b.end(sweep_id)
+
+
+def resumed(b: Builder, uri: str) -> tuple[str, int]:
+    """The experiment of an interrupted build and its experiment runs in finished sweeps; the
+    runs written after the last finished sweep (a sweep cut short) are deleted for good
+    (`mlflow gc`), so that its sweep is written again whole."""
+    exp = b.client.get_experiment_by_name(EXPERIMENT).experiment_id
+    sweeps = b.client.search_runs([exp], "tags.stage = 'sweep'", max_results=1000)
+    finished = sorted(s.info.end_time for s in sweeps if s.info.status == "FINISHED")
+    after = finished[-1] if finished else 0
+    partial, token = [], None
+    while True:
+        page = b.client.search_runs(
+            [exp], f"attributes.start_time > {after}", max_results=1000, page_token=token
+        )
+        partial += [run.info.run_id for run in page]
+        token = page.token
+        if not token:
+            break
+    for run_id in partial:
+        b.client.delete_run(run_id)
+    if partial:
+        command = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri]
+        command += ["--tracking-uri", uri]
+        subprocess.run([*command, "--run-ids", ",".join(partial)], check=True)
+    log.info("resuming after %d finished sweeps (%d runs of a cut sweep removed)",
+             len(finished), len(partial))  # fmt: skip
+    return exp, len(finished) * SWEEP_SIZE
+
+
 def no_fsync(connection, _record) -> None:
     """While building only: a throwaway store need not survive a power cut (half the time)."""
     connection.execute("PRAGMA synchronous=OFF")
 
 
 def build(db: Path, runs: int) -> None:
-    """`runs` experiment runs into a new store at `db` (written beside it, then moved in)."""
+    """`runs` experiment runs into a new store at `db` (written beside it, then moved in); an
+    interrupted build (its `.building` file) is resumed after its last finished sweep."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     staging = db.with_suffix(".building")
-    staging.unlink(missing_ok=True)
     event.listen(Engine, "connect", no_fsync)
-    b = Builder(f"sqlite:///{staging}")
-    exp = b.client.create_experiment(EXPERIMENT)
-    b.client.create_experiment(BACKBONES)
+    uri, interrupted = f"sqlite:///{staging}", staging.is_file()
+    b = Builder(uri)  # creates the file
+    if interrupted:
+        exp, done = resumed(b, uri)
+    else:
+        exp, done = b.client.create_experiment(EXPERIMENT), 0
+        b.client.create_experiment(BACKBONES)
     params, rng = base_params(), random.Random(0)
+    dry = DryBuilder()
+    for first in range(0, done, SWEEP_SIZE):  # the same draws and clock as one build
+        sweep(dry, exp, first, runs, params, rng)
+    b.clock = dry.clock
     start = time.perf_counter()
-    for first in range(0, runs, SWEEP_SIZE):
-        jobs = min(SWEEP_SIZE, runs - first)
-        sweep = b.run(exp, f"sweep-{first // SWEEP_SIZE}", {"stage": "sweep"})
-        b.log(sweep, {"overrides": f"seed=0,1,2,3 lr.fine_tune=... ({jobs} jobs)"}, [])
-        for index in range(first, first + jobs):
-            invocation(b, exp, sweep, index, params, rng)
-        b.log(sweep, {}, [("jobs_finished", jobs, 0), ("jobs_failed", 0, 0)])
-        b.end(sweep)
-        log.info("%d / %d experiment runs, %.0f s", first + jobs, runs, time.perf_counter() - start)
+    for first in range(done, runs, SWEEP_SIZE):
+        sweep(b, exp, first, runs, params, rng)
+        done = min(first + SWEEP_SIZE, runs)
+        log.info("%d / %d experiment runs, %.0f s", done, runs, time.perf_counter() - start)
     event.remove(Engine, "connect", no_fsync)
     staging.replace(db)
 

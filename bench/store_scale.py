@@ -85,9 +85,16 @@ class Counter:
         return self.sql + self.http
 
 
-def child_report(uri: str, out: str) -> None:
-    """`python -m pipeline.report` in this process, with its queries counted (the child side)."""
+def child_report(uri: str, out: str, read: str = "bulk") -> None:
+    """`python -m pipeline.report` in this process, with its queries counted (the child side);
+    `read="search_runs"`: every run read through pages of `search_runs` (the baseline: how the
+    report read a database store before `mlflow_internals.runs_bulk`)."""
     from pipeline.report.__main__ import main
+
+    if read == "search_runs":
+        from pipeline.tracking import query
+
+        query.runs_bulk = lambda *_args: None
 
     counter = Counter()
     with counter.counting():
@@ -95,9 +102,9 @@ def child_report(uri: str, out: str) -> None:
     print(json.dumps({"exit": code, "queries": counter.queries}))
 
 
-def time_report(uri: str, workdir: Path) -> dict:
+def time_report(uri: str, workdir: Path, read: str = "bulk") -> dict:
     out = workdir / "report"
-    command = [sys.executable, __file__, "--child-report", uri, str(out)]
+    command = [sys.executable, __file__, "--child-report", uri, str(out), read]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -186,12 +193,18 @@ def page_open(html: str, workdir: Path) -> tuple[float, float]:
     return load(Path(html).as_uri()), blank
 
 
-def measure(uri: str, size: int, backend: str, repeats: int, workdir: Path) -> list[dict]:
+def measure(uri: str, size: int, backend: str, args, workdir: Path) -> list[dict]:
     rows: dict[str, list] = {}
-    counter = Counter()
+    counter, load = Counter(), os.getloadavg()[0]
+    stamp = {"measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     with counter.counting():
         in_process(uri, size, counter)  # warm-up: imports, the server's first requests
-    for _ in range(repeats):
+    for _ in range(args.repeats):
+        if args.baseline and backend == "sqlite":  # through a server both read the same way
+            base = time_report(uri, workdir, "search_runs")
+            rows.setdefault("report_search_runs", []).append(
+                (base["seconds"], base["queries"], base)
+            )
         report = time_report(uri, workdir)
         rows.setdefault("report", []).append((report["seconds"], report["queries"], report))
         with counter.counting():
@@ -200,7 +213,8 @@ def measure(uri: str, size: int, backend: str, repeats: int, workdir: Path) -> l
     if backend == "sqlite":
         page, blank = page_open(report["html"], workdir)
         rows["page_open"] = [(page, 0, {"blank_page_s": blank})]
-    return [summary(size, backend, name, values) for name, values in rows.items()]
+    stamp["load_1min"] = [load, os.getloadavg()[0]]  # a shared machine's, at start and end
+    return [summary(size, backend, name, values) | stamp for name, values in rows.items()]
 
 
 def summary(size: int, backend: str, operation: str, values: list) -> dict:
@@ -277,7 +291,7 @@ def run(args) -> dict:
             with tempfile.TemporaryDirectory(prefix="bench-store-scale-") as tmp:
                 workdir = Path(tmp)
                 with backend_uri(backend, db, args.server_backend, workdir) as uri:
-                    found = measure(uri, size, backend, args.repeats, workdir)
+                    found = measure(uri, size, backend, args, workdir)
             rows += found
             for row in found:
                 print_row(row)
@@ -306,12 +320,27 @@ def print_row(row: dict) -> None:
     )
 
 
+def baseline_ratios(rows: list[dict]) -> list[str]:
+    """The report over its same-run baseline (every run read through search_runs), per size."""
+    lines = []
+    for base in (r for r in rows if r["operation"] == "report_search_runs"):
+        key = ("report", base["backend"], base["runs"])
+        for row in (r for r in rows if (r["operation"], r["backend"], r["runs"]) == key):
+            lines.append(
+                f"- report / report_search_runs, {row['runs']:,} runs ({row['backend']}): wall "
+                f"{row['seconds'] / base['seconds']:.2f}, CPU {row['cpu_s'] / base['cpu_s']:.2f}"
+            )
+    return lines
+
+
 def print_summary(result: dict) -> None:
     print("\ngrowth exponents (1 = linear): operation backend sizes: time, queries")
     for e in result["exponents"]:
         t = "-" if e["time"] is None else f"{e['time']:.2f}"
         q = "-" if e["queries"] is None else f"{e['queries']:.2f}"
         print(f"  {e['operation']:<17} {e['backend']:<7} {e['from']}->{e['to']}: {t}, {q}")
+    for line in baseline_ratios(result["figures"]):
+        print(line)
     for goal in result["goals"]:
         limit = f"{goal['goal_s']} s" if "goal_s" in goal else f"{goal['goal_rss_mib']} MiB RSS"
         print(f"goal {goal['operation']} {goal['backend']} {goal['runs']} <= {limit}: "
@@ -322,15 +351,18 @@ def docs_table(result: dict) -> str:
     """The Markdown table of a result: sizes x operations x backends."""
     lines = [
         "| runs | backend | operation | median s | min s | max s | queries | CPU s "
-        "| peak RSS MiB |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MiB | measured (load) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(result["figures"], key=lambda r: (r["operation"], r["backend"], r["runs"])):
         rss = f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else ""
         cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else ""
+        when = r.get("measured", "")
+        if "load_1min" in r:
+            when += " ({:.1f} -> {:.1f})".format(*r["load_1min"])
         lines.append(
             f"| {r['runs']:,} | {r['backend']} | {r['operation']} | {r['seconds']:.4g} | "
-            f"{r['min']:.4g} | {r['max']:.4g} | {r['queries']} | {cpu} | {rss} |"
+            f"{r['min']:.4g} | {r['max']:.4g} | {r['queries']} | {cpu} | {rss} | {when} |"
         )
     return "\n".join(lines)
 
@@ -345,12 +377,20 @@ five trials in one invocation of ten, all nested under sweep runs. `queries` cou
 statements (SQLite) or HTTP requests (server) of one operation; `resume_check` is per job;
 `page_open` is headless Chromium started on report.html until its DOM is dumped (a blank page:
 `blank_page_s` in the JSON; the goal is checked on the difference, the page in a running browser).
+`measured (load)`: when the row's size and backend were measured, with the one-minute load average
+at the start and the end of that measurement (the machine is shared; `CPU s` is the maximum over
+the repeats).
 
 {table}
 
 Growth exponents between sizes (slope of log seconds over log runs; 1 is linear, 0 constant):
 
 {exponents}
+
+The report against its baseline measured in the same run (`--baseline`: every run read through
+pages of `search_runs`, as before `mlflow_internals.runs_bulk`; below 1 is faster):
+
+{ratios}
 
 Goals (issue 24):
 
@@ -360,8 +400,9 @@ How to read it: `report` is `python -m pipeline.report` as a command, wall time 
 (imports included), with the CPU seconds of its process (`CPU s`); on a shared machine whose load
 average is far above its CPU count, the CPU seconds are the nearer estimate of a quiet machine's
 wall time. Through a server, the server's own work is in the wall time only. Sizes missing from the
-table were not measured in this run (`bench/big_store.py --runs 5000` builds that store; it takes
-about half an hour on a quiet 2-core machine).
+table were not measured (`nice -n 10 python bench/big_store.py --runs 5000` builds that store:
+about an hour on a quiet 2-core machine, hours on a loaded one; an interrupted build resumes after
+its last finished sweep).
 """
 
 
@@ -403,6 +444,7 @@ def write_page(result: dict, path: Path) -> None:
         versions=versions,
         table=docs_table(result),
         exponents="\n".join(exps),
+        ratios="\n".join(baseline_ratios(result["figures"])) or "- not measured in this run",
         goals="\n".join(marks),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +462,9 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, help="write the docs page from the last JSON")
     parser.add_argument("--merge", action="store_true", help="replace only the rows measured now "
                         "in the existing JSON")  # fmt: skip
-    parser.add_argument("--child-report", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help="also time the report reading "
+                        "every run through search_runs, in the same run (SQLite)")  # fmt: skip
+    parser.add_argument("--child-report", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_report:
         return child_report(*args.child_report)

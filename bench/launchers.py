@@ -1,11 +1,19 @@
 """Launchers: jobs per minute, launcher overhead and tracking overhead per job, side by side.
 
 Run from the project root with the project's virtual environment active, as root (the SLURM
-cluster's daemons; .ci/install-packages installs SLURM, munge and PostgreSQL):
+cluster's daemons; .ci/install-packages installs SLURM, munge and PostgreSQL; Ray is in the
+`cluster` extra):
 
-    python bench/launchers.py                          # 32 jobs, basic/off/joblib/submitit_slurm
+    python bench/launchers.py                          # 32 jobs: basic/off/joblib/slurm/ray
     python bench/launchers.py --jobs 8 --repeats 2 --launchers basic,joblib
-    python bench/launchers.py --ray-address 127.0.0.1:6379   # adds `ray` on a running cluster
+
+Every daemon it starts listens on the loopback or a Unix socket. Ray's daemons listen on 0.0.0.0
+unless they run in a network namespace whose only interface is `lo`, so the Ray cluster, a second
+`mlflow server` in front of the same PostgreSQL database (reached through its Unix socket) and the
+Ray sweeps run in one (`unshare --net`, as tests/test_ray_cluster.py does); SLURM cannot run
+there (with `lo` alone glibc resolves no IPv4 name under AI_ADDRCONFIG) and stays on the host's
+loopback. Where the machine refuses a namespace, Ray runs on the host's network, and the JSON
+says so. SIGTERM or Ctrl-C stops the sweep in progress (its process group) and every daemon.
 
 One sweep per launcher and repeat: `python -m pipeline -m seed=range(0,N) debug=smoke
 stages=[scratch]` (N seconds-long jobs that need no pretrained backbone), every job logging to an
@@ -18,7 +26,9 @@ experiment of its own (so `sweep.skip_finished` skips nothing). The variants run
 - joblib: `hydra/launcher=joblib hydra.launcher.n_jobs=<CPUs>`, worker processes on this host;
 - submitit_slurm: every job an sbatch array task on a single-host SLURM cluster
   (.ci/slurm-cluster, started here unless SLURM_CONF names one), one CPU each;
-- ray (with --ray-address): `hydra/launcher=ray hydra.launcher.ray.init.address=<address>`.
+- ray: `hydra/launcher=ray hydra.launcher.ray.init.address=auto` on the two-node cluster of
+  `.ci/ray-cluster` (two `ray start` processes on this host, one CPU each), started here, its
+  jobs logging to the namespace's server (the same database).
 
 Figures per variant (medians over the repeats): wall time of the sweep command; jobs per minute;
 the jobs' own run time (sum of their parent runs' end - start, from MLflow); launcher overhead per
@@ -35,12 +45,15 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -48,10 +61,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from pipeline.tracking import server as tracking_server  # noqa: E402
 from tests.clusters import PG_BIN, PG_USER, PgTrackingServer  # noqa: E402  (the tests' own server)
+from tests.netns import HEALTHY, Namespace, open_namespace  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "launchers.json"
 SWEEP_TIMEOUT_S = 3600  # one sweep command, whatever the launcher
+RAY_CLUSTER = PROJECT_ROOT / ".ci" / "ray-cluster"
 
 # name -> (overrides, slots): how each launcher is asked for, and how many jobs it runs at once.
 Launcher = Callable[[argparse.Namespace], tuple[list[str], int]]
@@ -70,35 +86,71 @@ LAUNCHERS: dict[str, Launcher] = {
         ],
         os.cpu_count() or 1,
     ),
-    # Another launcher plugs in here: its overrides and how many jobs run at once.
+    # Two nodes of one CPU each, one CPU a job (.ci/ray-cluster; the tests' own overrides).
     "ray": lambda args: (
-        ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={args.ray_address}"],
-        args.ray_slots or os.cpu_count() or 1,
+        [
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.address=auto",
+            "+hydra.launcher.ray.init.object_store_memory=null",
+            "+hydra.launcher.ray.remote.num_cpus=1",
+        ],
+        2,
     ),
+    # Another launcher plugs in here: its overrides and how many jobs run at once.
 }
 
 
-def sweep_seconds(name: str, args: argparse.Namespace, uri: str, experiment: str) -> float:
+@dataclass
+class Place:
+    """Where a launcher's sweeps run: a command prefix (nsenter into a namespace, or none), what
+    its cluster asks of the environment (Ray's address and token), the tracking server's URI."""
+
+    uri: str = ""
+    prefix: list[str] = dc_field(default_factory=list)
+    env: dict[str, str] = dc_field(default_factory=dict)
+    network: str = "host (loopback)"
+
+
+PLACES: dict[str, Place] = {}  # launcher -> its place; the host's server by default
+
+
+def sweep_seconds(name: str, args: argparse.Namespace, experiment: str) -> float:
     """Run one sweep of `args.jobs` smoke jobs through launcher `name`; its wall time."""
     overrides, _ = LAUNCHERS[name](args)
+    place = PLACES.get(name, PLACES["host"])
+    uri = place.uri
     folder = Path(tempfile.mkdtemp(prefix="bench-launchers-"))
     command = [
-        sys.executable, "-m", "pipeline", "-m", f"seed=range(0,{args.jobs})", "debug=smoke",
+        *place.prefix, sys.executable, "-m", "pipeline", "-m", f"seed=range(0,{args.jobs})",
+        "debug=smoke",
         "stages=[scratch]", f"tracking.uri={uri}", f"tracking.experiment_name={experiment}",
         f"hydra.sweep.dir={folder / 'sweep'}", *overrides,
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env |= place.env
     started = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-        timeout=SWEEP_TIMEOUT_S,
-    )  # fmt: skip
+    with (folder / "stderr.log").open("w") as log:
+        returncode = run_in_group(command, env, log)
     seconds = time.perf_counter() - started
-    (folder / "stderr.log").write_text(done.stderr)
-    if done.returncode != 0:
-        sys.exit(f"{name}: the sweep failed ({done.returncode}); log in {folder}/stderr.log")
+    if returncode != 0:
+        sys.exit(f"{name}: the sweep failed ({returncode}); log in {folder}/stderr.log")
     shutil.rmtree(folder, ignore_errors=True)
     return seconds
+
+
+def run_in_group(command: list[str], env: dict[str, str], log) -> int:
+    """`command` in a process group of its own, its output to `log`; the whole group killed if
+    this process is stopped (SIGTERM, Ctrl-C) or the sweep runs past SWEEP_TIMEOUT_S."""
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        return process.wait(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
 
 
 def run_seconds(uri: str, experiment: str) -> float:
@@ -112,14 +164,14 @@ def run_seconds(uri: str, experiment: str) -> float:
     return sum(r.info.end_time - r.info.start_time for r in jobs) / 1000
 
 
-def measure(args: argparse.Namespace, uri: str) -> dict[str, list[dict]]:
+def measure(args: argparse.Namespace) -> dict[str, list[dict]]:
     """Every variant `args.repeats` times, alternately; per variant its measurements."""
     measured: dict[str, list[dict]] = {name: [] for name in args.launchers}
     for repeat in range(args.repeats):
         for name in args.launchers:
             experiment = f"bench-{name}-{repeat}-{int(time.time())}"
-            wall = sweep_seconds(name, args, uri, experiment)
-            runs = run_seconds(uri, experiment) if name != "off" else None
+            wall = sweep_seconds(name, args, experiment)
+            runs = run_seconds(PLACES["host"].uri, experiment) if name != "off" else None
             measured[name].append({"wall_s": wall, "runs_s": runs})
             print(f"{name:>15} repeat {repeat}: {wall:7.1f} s", flush=True)
     return measured
@@ -172,13 +224,64 @@ def start_slurm(stack: list[Callable[[], None]]) -> None:
         return
     folder = tempfile.mkdtemp(prefix="tl-slurm-")
     script = str(PROJECT_ROOT / ".ci" / "slurm-cluster")
-    subprocess.run([script, "up", folder], check=True, timeout=120)
+    stack.append(lambda: subprocess.run([script, "down", folder], timeout=120))  # a half-up one too
+    subprocess.run([script, "up", folder], check=True, timeout=300)
     os.environ["SLURM_CONF"] = f"{folder}/slurm.conf"
-    stack.append(lambda: subprocess.run([script, "down", folder], timeout=120))
 
 
-def start_server(stack: list[Callable[[], None]]) -> str:
-    """The tests' PostgreSQL-backed `mlflow server`; its URI."""
+def start_ray(stack: list[Callable[[], None]], server: PgTrackingServer) -> None:
+    """The two-node cluster of .ci/ray-cluster and an `mlflow server` over the same database
+    (its Unix socket), both in a namespace with only `lo` where the machine allows one."""
+    namespace = open_namespace()
+    stack.append(namespace.close)
+    if namespace.refused:
+        print(f"{namespace.refused}: Ray on the host's network", flush=True)
+    place = Place(prefix=namespace.prefix, network=namespace.refused or "namespace, lo only")
+    state = tempfile.mkdtemp(prefix="tl-ray-", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "TL_RAY_STATE": state}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # this venv's `ray`
+    cluster = [*place.prefix, str(RAY_CLUSTER)]
+    stack.append(lambda: subprocess.run([*cluster, "stop"], env=env, timeout=300, check=False))
+    started = subprocess.run([*cluster, "start"], env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    if started.returncode != 0:
+        sys.exit(f"error: .ci/ray-cluster start failed: {started.stderr.strip()[-500:]}")
+    place.env = dict(line.split("=", 1) for line in started.stdout.split())
+    place.env["RAY_USAGE_STATS_ENABLED"] = "0"
+    place.uri = serve_in(namespace, stack, server)
+    PLACES["ray"] = place
+
+
+def serve_in(namespace: Namespace, stack: list[Callable[[], None]], pg: PgTrackingServer) -> str:
+    """An `mlflow server` in `namespace` on 127.0.0.1, over `pg`'s database through its Unix
+    socket; its URL once /health answers there (bounded: 180 s)."""
+    port = tracking_server.free_port()
+    database = f"postgresql+psycopg2://mlflow@/mlflow?host={pg.folder}&port={pg.pg_port}"
+    command = [
+        *namespace.prefix, sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "1", "--backend-store-uri", database,
+        "--artifacts-destination", str(pg.folder / "artifacts"),
+    ]  # fmt: skip
+    env = {**os.environ, tracking_server.JOB_EXECUTION: "false"}
+    with (pg.folder / "namespace-server.log").open("ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=log, start_new_session=True, cwd=pg.folder
+        )
+    stack.append(lambda: tracking_server.stop_server(process))
+    url = f"http://127.0.0.1:{port}"
+    healthy = subprocess.run([*namespace.prefix, sys.executable, "-c", HEALTHY, url], timeout=200)
+    if healthy.returncode != 0:
+        sys.exit(f"error: the namespace's mlflow server did not answer (log: {log.name})")
+    return url
+
+
+def stop_on_signals() -> None:
+    """SIGTERM ends like Ctrl-C: the `finally` that stops the daemons runs."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+
+
+def start_server(stack: list[Callable[[], None]]) -> PgTrackingServer:
+    """The tests' PostgreSQL-backed `mlflow server` on the host's loopback."""
     folder = Path(tempfile.mkdtemp(prefix="tl-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, PG_USER, PG_USER)
@@ -186,37 +289,41 @@ def start_server(stack: list[Callable[[], None]]) -> str:
     stack.append(lambda: (server.close(), shutil.rmtree(folder, ignore_errors=True)))
     server.init_database()
     server.start_server()
-    return server.uri
+    PLACES["host"] = Place(uri=server.uri)
+    return server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--launchers", default="basic,off,joblib,submitit_slurm")
-    parser.add_argument("--ray-address", help="a running Ray cluster's address: adds `ray`")
-    parser.add_argument("--ray-slots", type=int, help="jobs Ray runs at once (default: CPUs)")
+    parser.add_argument("--launchers", default="basic,off,joblib,submitit_slurm,ray")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    args.launchers = args.launchers.split(",") + (["ray"] if args.ray_address else [])
+    args.launchers = args.launchers.split(",")
     unknown = [name for name in args.launchers if name not in LAUNCHERS]
     if unknown:
         parser.error(f"--launchers: {unknown} unknown; allowed: {sorted(LAUNCHERS)}")
+    stop_on_signals()
     stack: list[Callable[[], None]] = []
     load = os.getloadavg()
     started = datetime.now(timezone.utc)
     try:
         if "submitit_slurm" in args.launchers:
             start_slurm(stack)
-        uri = start_server(stack)
-        measured = measure(args, uri)
+        server = start_server(stack)
+        if "ray" in args.launchers:
+            start_ray(stack, server)
+        measured = measure(args)
     finally:
         for stop in reversed(stack):
             stop()
     result = {
         "bench": "launchers", "date": started.isoformat(timespec="seconds"),
         "machine": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "load_average_at_start": load, "jobs": args.jobs, "repeats": args.repeats,
+        "load_average_at_start": load, "load_average_at_end": os.getloadavg(),
+        "network": {name: PLACES.get(name, PLACES["host"]).network for name in args.launchers},
+        "jobs": args.jobs, "repeats": args.repeats,
         "command": " ".join(sys.argv), "versions": versions(),
         "figures": figures(args, measured), "measurements": measured,
     }  # fmt: skip

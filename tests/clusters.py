@@ -37,6 +37,15 @@ def as_database_user() -> dict:
     return {"user": PG_USER, "group": PG_USER} if os.geteuid() == 0 else {}
 
 
+def listening(pid: int) -> list[str]:
+    """The addresses process `pid` listens on (inet), none if it ended meanwhile."""
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return []
+    return [s.laddr.ip for s in sockets if s.status == psutil.CONN_LISTEN]
+
+
 def leftover(pids: set[int], settle: float = 10) -> list[str]:
     """The processes of `pids` still alive after `settle` seconds (a process stopped a moment
     ago may still be exiting; zombies reaped by nobody count as gone)."""

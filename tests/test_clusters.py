@@ -4,6 +4,7 @@ SLURM's signals (preemption, scancel, kill) and the server and database stopped 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -14,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from tests.clusters import PgTrackingServer, SlurmCluster
+from tests.clusters import PgTrackingServer, SlurmCluster, listening
 from tests.test_launchers import assert_two_finished_jobs, needs_submitit, sweep_and_jobs
 
 pytestmark = [pytest.mark.slow, needs_submitit]
@@ -361,3 +363,26 @@ def test_two_processes_ending_the_same_orphans_at_once_both_succeed(pg_server: P
         run = client.get_run(run_id)
         assert run.info.status == "FAILED"
         assert run.data.tags["error"].startswith("orphaned: process ")
+
+
+def test_the_database_and_its_tracking_server_listen_on_the_loopback_only(
+    pg_server: PgTrackingServer,
+):
+    """PostgreSQL (`listen_addresses=127.0.0.1`, its Unix socket in the cluster's folder) and the
+    `mlflow server` in front of it (`--host 127.0.0.1`, with its uvicorn workers): every socket
+    they listen on is on the loopback. Without `listen_addresses` PostgreSQL listens on
+    localhost's every address; without `--host`, uvicorn on what MLflow's default says."""
+    postmaster = int((pg_server.folder / "data" / "postmaster.pid").read_text().split()[0])
+    database = {postmaster, *(c.pid for c in psutil.Process(postmaster).children(recursive=True))}
+    server = psutil.Process(pg_server.server.pid)
+    front = {server.pid, *(c.pid for c in server.children(recursive=True))}
+    found = {pid: listening(pid) for pid in database | front}
+    assert listening(postmaster), "PostgreSQL listens on TCP (127.0.0.1)"
+    assert any(found[pid] for pid in front), "the mlflow server listens"
+    beyond = {
+        pid: addresses
+        for pid, addresses in found.items()
+        if not all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    }
+    assert beyond == {}, f"listening beyond the loopback: {beyond}"
+    assert (pg_server.folder / f".s.PGSQL.{pg_server.pg_port}").is_socket()

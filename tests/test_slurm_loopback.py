@@ -12,18 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.clusters import SlurmCluster
+from tests.clusters import SlurmCluster, listening
 
 pytestmark = pytest.mark.slow
-
-
-def listening(pid: int) -> list[str]:
-    """The addresses process `pid` listens on (inet), none if it ended meanwhile."""
-    try:
-        sockets = psutil.Process(pid).net_connections(kind="inet")
-    except psutil.Error:
-        return []
-    return [s.laddr.ip for s in sockets if s.status == psutil.CONN_LISTEN]
 
 
 def step_daemon(folder: Path, timeout_s: float = 60) -> psutil.Process:

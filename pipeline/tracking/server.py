@@ -1,6 +1,6 @@
 """A local `mlflow server` on 127.0.0.1: started and waited for until it answers, stopped with
 every process it started. The slow tests' and the benches' tracking server (tests/test_server.py,
-tests/clusters.py, bench/launchers_ray.py, bench/report.py); MLflow itself is not imported.
+tests/clusters.py, bench/launchers.py, bench/report.py); MLflow itself is not imported.
 
     process, url = start_server("sqlite:////tmp/x/mlflow.db", Path("/tmp/x/artifacts"))
     ...

@@ -272,3 +272,27 @@ def test_bulk_histories_through_a_server_equal_per_run_reads(small_study, tmp_pa
         assert metric_history_bulk(reader.client, stage_ids, "val_accuracy", 12) is None
     finally:
         assert leftover(tracking_server.stop_server(process)) == []
+
+
+def test_sign_flip_p_values_equal_scipys_permutation_test(monkeypatch):
+    """Random differences and the ties where the order of summation could decide (equal,
+    mirrored and zero differences, rounded values), 2 to 13 seeds: scipy's p-values exactly."""
+    from scipy import stats
+
+    scipy_test = stats.permutation_test
+
+    def scipy_p(values):
+        return scipy_test((values,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
+
+    rng, cases = np.random.default_rng(0), []
+    for n in range(2, 14):
+        cases += [rng.normal(rng.normal(0, 0.02), 0.02, n) for _ in range(10)]
+        cases += [np.round(rng.normal(0.01, 0.02, n), 2) for _ in range(10)]
+        cases += [np.full(n, 0.1), np.zeros(n), np.r_[np.full(n - 1, 0.03), -0.03]]
+        cases.append(np.array([0.1, -0.1] * (n // 2) + [0.0] * (n % 2)))
+    expected = [float(scipy_p(values)) for values in cases]
+    calls = []
+    monkeypatch.setattr(statistics.stats, "permutation_test", lambda *a, **k: calls.append(1) or
+                        scipy_test(*a, **k))  # fmt: skip
+    assert [statistics.sign_flip_p_value(values) for values in cases] == expected
+    assert 0 < len(calls) < len(cases) / 3  # scipy only for the near-ties and beyond 12 seeds

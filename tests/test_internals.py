@@ -261,3 +261,28 @@ def test_python_runs_the_exit_handlers_before_a_prompt_exit():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "exit handler ran\n", broken(PYTHON, "atexit._run_exitfuncs")
+
+
+@pytest.mark.empty_store
+def test_mlflow_reads_runs_by_tag_and_status_as_search_runs_does(store_uri):
+    """The resume lookup's read: ties of start time, another status, a deleted run, a tag
+    prefix that must not match, another experiment."""
+    from pipeline.tracking.mlflow_internals import runs_bulk
+    from pipeline.tracking.query import RunRecord, newest_first, record_of
+
+    client = MlflowClient(store_uri)
+    experiment, other = client.create_experiment("internals"), client.create_experiment("other")
+    values = ["abc", "abc", "abc", "abcd", "abc"]
+    runs = [client.create_run(experiment, start_time=1000 + i // 2) for i in range(5)]
+    for run, value in zip(runs, values, strict=True):
+        client.log_batch(run.info.run_id, params=[Param("p", "1")], tags=[RunTag("h", value)])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(runs[1].info.run_id, "FAILED")
+    client.delete_run(runs[4].info.run_id)
+    client.set_terminated(client.create_run(other, tags={"h": "abc"}).info.run_id, "FINISHED")
+    found = runs_bulk(client, [experiment], ("h", "abc"), "FINISHED")
+    assert found is not None, broken(MLFLOW, "the SQL store has no ManagedSessionMaker")
+    query = "tags.h = 'abc' and attributes.status = 'FINISHED'"
+    expected = [record_of(run) for run in client.search_runs([experiment], query)]
+    got = sorted((RunRecord(**v) for v in found), key=newest_first)
+    assert len(got) == 2 and got == expected, broken(MLFLOW, "the runs by tag differ")

@@ -225,3 +225,74 @@ def test_a_negative_variant_figures_is_one_line_before_the_store_is_read(tmp_pat
     assert main(["variant_figures=-1", f"tracking_uri=sqlite:///{db}"]) == 2
     assert capsys.readouterr().err == "error: variant_figures=-1 must be >= 0\n"
     assert not db.parent.exists()
+
+
+def test_resume_lookup_in_one_query_returns_what_search_runs_returned(small_study, monkeypatch):
+    """`finished_experiment_run` by the direct tag query equals MLflow's search for it: every
+    configuration, a search run sharing a parent's hash, a hash never run, a run not FINISHED."""
+    reader = reader_of(small_study)
+    client = reader.client
+    failed = client.search_runs(reader.experiment_ids, "tags.config_hash = 'c01'")[0]
+    client.set_terminated(failed.info.run_id, "FAILED")
+    hashes = [f"c{v}{s}" for v in range(2) for s in range(3)] + ["never-run"]
+    direct = {digest: reader.finished_experiment_run(digest) for digest in hashes}
+    monkeypatch.setattr(query, "runs_bulk", lambda *_args: None)  # MLflow's search_runs
+    searched = {digest: reader.finished_experiment_run(digest) for digest in hashes}
+    client.set_terminated(failed.info.run_id, "FINISHED")
+    assert direct["never-run"] is None and direct["c01"] is None
+    assert direct["c12"] is not None and direct["c12"].parent.stage is None  # not the search
+    for digest in hashes:
+        found, expected = direct[digest], searched[digest]
+        assert (found is None) == (expected is None), digest
+        if found is not None:
+            assert canonical(found) == canonical(expected), digest
+
+
+@pytest.mark.slow
+def test_bulk_histories_through_a_server_equal_per_run_reads(small_study, tmp_path):
+    """Through `mlflow server`: one request per 100 runs (its bulk endpoint), the same values
+    as `get_metric_history` run by run."""
+    from pipeline.tracking import server as tracking_server
+    from pipeline.tracking.mlflow_internals import metric_history_bulk
+    from tests.clusters import leftover
+
+    backend = tmp_path / "server.db"
+    backend.write_bytes(Path(small_study.removeprefix("sqlite:///")).read_bytes())
+    process, url = tracking_server.start_server(
+        f"sqlite:///{backend}", tmp_path / "artifacts", log=tmp_path / "server.log", timeout_s=120
+    )
+    try:
+        reader = reader_of(url)
+        stage_ids = [rec.run_id for run in reader.experiment_runs() for rec in run.stages.values()]
+        found = metric_history_bulk(reader.client, stage_ids, "val_accuracy", 100_000)
+        assert found is not None and len(found) == 5 * len(stage_ids)
+        one_by_one = {run_id: reader.metric_history(run_id, "val_accuracy") for run_id in stage_ids}
+        assert reader.metric_histories(stage_ids, "val_accuracy") == one_by_one
+        # cut off at the limit: the chunk is read run by run, not silently shortened
+        assert metric_history_bulk(reader.client, stage_ids, "val_accuracy", 12) is None
+    finally:
+        assert leftover(tracking_server.stop_server(process)) == []
+
+
+def test_sign_flip_p_values_equal_scipys_permutation_test(monkeypatch):
+    """Random differences and the ties where the order of summation could decide (equal,
+    mirrored and zero differences, rounded values), 2 to 13 seeds: scipy's p-values exactly."""
+    from scipy import stats
+
+    scipy_test = stats.permutation_test
+
+    def scipy_p(values):
+        return scipy_test((values,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
+
+    rng, cases = np.random.default_rng(0), []
+    for n in range(2, 14):
+        cases += [rng.normal(rng.normal(0, 0.02), 0.02, n) for _ in range(10)]
+        cases += [np.round(rng.normal(0.01, 0.02, n), 2) for _ in range(10)]
+        cases += [np.full(n, 0.1), np.zeros(n), np.r_[np.full(n - 1, 0.03), -0.03]]
+        cases.append(np.array([0.1, -0.1] * (n // 2) + [0.0] * (n % 2)))
+    expected = [float(scipy_p(values)) for values in cases]
+    calls = []
+    monkeypatch.setattr(statistics.stats, "permutation_test", lambda *a, **k: calls.append(1) or
+                        scipy_test(*a, **k))  # fmt: skip
+    assert [statistics.sign_flip_p_value(values) for values in cases] == expected
+    assert 0 < len(calls) < len(cases) / 3  # scipy only for the near-ties and beyond 12 seeds

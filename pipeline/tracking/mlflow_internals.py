@@ -47,23 +47,60 @@ def end_run_at_once(client: MlflowClient, run_id: str, status: str) -> None:
     )
 
 
+# The tracking server's bulk metric-history endpoint (the UI's, under /ajax-api: MlflowClient has
+# no call for it) and the most values it returns a request.
+HISTORY_BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+SERVER_HISTORY_LIMIT = 25_000
+
+
 def metric_history_bulk(client: MlflowClient, run_ids: list[str], key: str, max_results: int):
-    """Every logged value of `key` for up to 100 runs in one query (objects with `run_id`, `step`
-    and `value`), or None when the store cannot (a tracking server). Missing publicly:
+    """Every logged value of `key` for up to 100 runs in one query or request (objects with
+    `run_id`, `step` and `value`), or None when the store cannot, or when `max_results` (or a
+    server's 25,000) values came back and some may be missing. Missing publicly:
     `MlflowClient.get_metric_history` reads one run per request."""
     store = tracking_store(client)
-    if not hasattr(store, "get_metric_history_bulk"):
+    if hasattr(store, "get_metric_history_bulk"):
+        found = store.get_metric_history_bulk(run_ids, key, max_results=max_results)
+        return None if len(found) >= max_results else found
+    if not hasattr(store, "get_host_creds"):
         return None
-    return store.get_metric_history_bulk(run_ids, key, max_results=max_results)
+    return server_history_bulk(store, run_ids, key, min(max_results, SERVER_HISTORY_LIMIT))
 
 
-def runs_bulk(client: MlflowClient, experiment_ids: list[str]) -> list[dict] | None:
+def server_history_bulk(store, run_ids: list[str], key: str, limit: int):
+    """`get-history-bulk` of a tracking server; None where the server has no such endpoint
+    (an older server, or one serving artifacts only)."""
+    from types import SimpleNamespace
+
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    params = {"run_id": run_ids, "metric_key": key, "max_results": limit}
+    response = http_request(store.get_host_creds(), HISTORY_BULK_ENDPOINT, "GET", params=params)
+    if response.status_code in (404, 405):
+        return None
+    values = verify_rest_response(response, HISTORY_BULK_ENDPOINT).json().get("metrics", [])
+    if len(values) >= limit:
+        return None
+    return [
+        SimpleNamespace(run_id=m["run_id"], step=int(m.get("step", 0)), value=float(m["value"]))
+        for m in values
+    ]
+
+
+def runs_bulk(
+    client: MlflowClient,
+    experiment_ids: list[str],
+    tag: tuple[str, str] | None = None,
+    status: str | None = None,
+) -> list[dict] | None:
     """Every active run of the experiments as plain values (run_id, experiment_id, name, status,
     start_time, end_time, tags, params, metrics: each latest value), oldest first as
-    `search_runs(order_by=["attributes.start_time ASC"])` orders them; None when the store is
-    not a database (a tracking server). Missing publicly: `search_runs` builds an ORM object per
-    tag, param and metric row (~200,000 for 1,000 experiment runs, most of the report's reading);
-    this reads the same rows as four plain SELECTs."""
+    `search_runs(order_by=["attributes.start_time ASC"])` orders them; only those with tag
+    `tag` = (key, value) and status `status` where given; None when the store is not a database
+    (a tracking server). Missing publicly: `search_runs` builds an ORM object per tag, param and
+    metric row (~200,000 for 1,000 experiment runs, most of the report's reading), and for a tag
+    filter adds its joins and ordering to the one indexed lookup (sweep resume's); this reads the
+    same rows as four plain SELECTs."""
     from sqlalchemy import select
 
     store = tracking_store(client)
@@ -72,18 +109,24 @@ def runs_bulk(client: MlflowClient, experiment_ids: list[str]) -> list[dict] | N
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
 
     ids = [int(e) for e in experiment_ids]
-    active = (SqlRun.experiment_id.in_(ids), SqlRun.lifecycle_stage == "active")
-    chosen = select(SqlRun.run_uuid).where(*active)
+    where = [SqlRun.experiment_id.in_(ids), SqlRun.lifecycle_stage == "active"]
+    if status is not None:
+        where.append(SqlRun.status == status)
+    if tag is not None:
+        tagged = select(SqlTag.run_uuid).where(SqlTag.key == tag[0], SqlTag.value == tag[1])
+        where.append(SqlRun.run_uuid.in_(tagged))
     columns = (SqlRun.run_uuid, SqlRun.experiment_id, SqlRun.name, SqlRun.status)
     columns += (SqlRun.start_time, SqlRun.end_time)
     runs: dict[str, dict] = {}
     with store.ManagedSessionMaker() as session:
-        for run_id, experiment, name, status, start, end in session.execute(
-            select(*columns).where(*active)
+        for run_id, experiment, name, run_status, start, end in session.execute(
+            select(*columns).where(*where)
         ):
             runs[run_id] = {"run_id": run_id, "experiment_id": str(experiment), "name": name}
-            runs[run_id] |= {"status": status, "start_time": start, "end_time": end}
+            runs[run_id] |= {"status": run_status, "start_time": start, "end_time": end}
             runs[run_id] |= {"tags": {}, "params": {}, "metrics": {}}
+        # a filter's few runs by their ids (the filter is not run again); all of them by the query
+        chosen = list(runs) if tag is not None else select(SqlRun.run_uuid).where(*where)
         for table, kind in ((SqlTag, "tags"), (SqlParam, "params")):
             query = select(table.run_uuid, table.key, table.value)
             for run_id, key, value in session.execute(query.where(table.run_uuid.in_(chosen))):

@@ -178,15 +178,13 @@ class StoreReader:
         return sorted((m.step, m.value) for m in history)
 
     def metric_histories(self, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
-        """(step, value) of a metric for many runs: in bulk (one query per 100 runs) where the
-        store can, else one request per run."""
+        """(step, value) of a metric for many runs: in bulk (one query or request per 100 runs)
+        where the store can, else (or for a chunk cut off at the limit) one request per run."""
         out: dict[str, list[tuple[int, float]]] = {run_id: [] for run_id in run_ids}
         for start in range(0, len(run_ids), HISTORY_CHUNK):
             chunk = run_ids[start : start + HISTORY_CHUNK]
             found = metric_history_bulk(self.client, chunk, key, max_results=HISTORY_LIMIT)
-            if found is None:  # a store without the bulk read: one request per run
-                return {run_id: self.metric_history(run_id, key) for run_id in run_ids}
-            if len(found) >= HISTORY_LIMIT:  # cut off at the limit: these runs one by one
+            if found is None:  # no bulk read, or cut off at the limit: these runs one by one
                 out.update({run_id: self.metric_history(run_id, key) for run_id in chunk})
                 continue
             for metric in found:
@@ -217,8 +215,14 @@ class StoreReader:
 
     def finished_experiment_run(self, config_hash: str) -> ExperimentRun | None:
         """The latest FINISHED experiment run of this exact configuration."""
-        query = f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"
-        parents = [run for run in self.runs(query) if is_experiment_run(run)]
+        tag = ("config_hash", config_hash)
+        found = runs_bulk(self.client, self.experiment_ids, tag, "FINISHED")
+        if found is None:  # not a database: MLflow's search
+            query = f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"
+            candidates = self.runs(query)
+        else:  # newest first, as `runs` orders them
+            candidates = sorted((RunRecord(**values) for values in found), key=newest_first)
+        parents = [run for run in candidates if is_experiment_run(run)]
         return self.experiment_run(parents[0]) if parents else None
 
     def experiment_run(self, parent: RunRecord) -> ExperimentRun:
@@ -273,6 +277,11 @@ class StoreReader:
         for run in everything:
             attach(run, invocations, by_id)
         return list(invocations.values())
+
+
+def newest_first(run: RunRecord) -> tuple:
+    """`search_runs`' order by start time descending: runs without one last, then the run id."""
+    return (run.start_time is None, -(run.start_time or 0), run.run_id)
 
 
 def is_experiment_run(run: RunRecord) -> bool:

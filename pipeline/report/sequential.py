@@ -27,15 +27,11 @@ phi = 1, the unit-information prior (Kass & Wasserman 1995), expects effects of 
 seed noise, the size of a transfer gain; of phi in 0.1-2 it settled such effects about soonest.
 
 Assumptions: the differences are independent and identically distributed (one per seed, in seed
-order, which is fixed before the results are seen), normal. Measured accuracies are discrete, so
-seeds can tie exactly: a look whose differences are all equal and nonzero (sd 0) gives no interval
-(the whole line), as a look before the first does; all exactly 0 (the second stage kept the first's
-model in every seed) gives the point 0, so "negligible", and the intersection keeps it. By
-simulation (bench/sequential.py, alpha 0.05, 30 seeds) the wrong-sign rate is 0.022 for normal,
-0.014 for Student t with 3 df, 0.042 for skewness 1, but 0.10 for skewness 2 (say, runs that
-sometimes diverge): strong skew breaks the guarantee, and `Verdict.normality_p` (Shapiro-Wilk) is
-there to flag it. Each comparison is at level alpha; `decide_study(familywise=True)` splits alpha
-over the comparisons (Bonferroni).
+order, which is fixed before the results are seen), normal. By simulation (bench/sequential.py,
+alpha 0.05, 30 seeds) the wrong-sign rate is 0.022 for normal, 0.014 for Student t with 3 df, 0.042
+for skewness 1, but 0.10 for skewness 2 (say, runs that sometimes diverge): strong skew breaks the
+guarantee, and `Verdict.normality_p` (Shapiro-Wilk) is there to flag it. Each comparison is at
+level alpha; `decide_study(familywise=True)` splits alpha over the comparisons (Bonferroni).
 
 Verdicts, from the interval [low, high]: "positive" (low > 0), "negative" (high < 0), "negligible"
 (-margin < low and high < margin: every mean left is smaller than the margin), "open" otherwise.
@@ -148,13 +144,9 @@ def sequence_bounds(paths: np.ndarray, alpha: float, min_seeds: int = MIN_SEEDS)
         squares = np.cumsum(shifted**2, axis=1) - n * mean_shift**2
         se = np.sqrt(np.maximum(squares, 0.0) / (n - 1) / n)
     factor = radius_factor(n, alpha)
-    mean = mean_shift + paths[:, :1]
-    # Equal differences (sd 0) have probability 0 under the normal model, but accuracies are
-    # discrete. Equal nonzero ones say nothing of the scale: no interval (their zero-width one
-    # would stay in the intersection, five equal small gains a settled sign). Exact zeros are
-    # a structural tie (a fine-tune that kept the extracted weights: the same model): [0, 0].
-    finite = np.isfinite(factor) & ((se > 0) | (mean == 0))
+    finite = np.isfinite(factor)
     radius = np.where(finite, np.where(finite, factor, 0.0) * np.nan_to_num(se), np.inf)
+    mean = mean_shift + paths[:, :1]
     low, high = mean - radius, mean + radius
     early = n < min_seeds
     low[:, early], high[:, early] = -np.inf, np.inf
